@@ -1,0 +1,3 @@
+"""testtime: test-time training and adaptation of image classifiers under distribution shift."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""CLI sub-commands: one module each, exposing ``register(subparsers)``; see ``testtime.cli``."""

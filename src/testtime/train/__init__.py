@@ -1,0 +1,1 @@
+"""testtime.train"""
