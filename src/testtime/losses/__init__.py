@@ -1,1 +1,12 @@
-"""testtime.losses"""
+"""Losses as pure functions, with the CTA paper's equation numbers.
+
+- :func:`nt_xent` (Eq. 1): SimCLR contrastive loss, source SSL training and test-time training.
+- :func:`cross_encoder_alignment` (Eq. 4): aligns ``pi(g(.))`` to the frozen supervised ``f(.)``.
+- :func:`cross_entropy` (Eq. 3): the supervised loss.
+"""
+
+from testtime.losses.alignment import cross_encoder_alignment
+from testtime.losses.cross_entropy import cross_entropy
+from testtime.losses.nt_xent import nt_xent
+
+__all__ = ["cross_encoder_alignment", "cross_entropy", "nt_xent"]
