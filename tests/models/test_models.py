@@ -53,8 +53,11 @@ def test_unsplittable_model_says_how():
         split_classifier(Plain(), head_attr="nope")
 
 
-@pytest.mark.parametrize("kw,match", [({"num_classes": 1}, "num_classes"), ({"num_classes": 10, "in_chans": 2}, "in_chans"),
-                                      ({"num_classes": 10, "norm": "layer"}, "norm")])
+@pytest.mark.parametrize("kw,match", [
+    ({"num_classes": 1}, "num_classes"),
+    ({"num_classes": 10, "in_chans": 2}, "in_chans"),
+    ({"num_classes": 10, "norm": "layer"}, "norm"),
+])
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         create_model("resnet8", **kw)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from testtime.models.resnet import CIFAR10_MEAN, CIFAR10_STD, Encoder, Normalize, ResNet, _SPECS
+from testtime.models.resnet import _SPECS, CIFAR10_MEAN, CIFAR10_STD, Encoder, Normalize, ResNet
 from testtime.models.split import Split, split_classifier
 from testtime.registry import Registry
 

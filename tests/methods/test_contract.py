@@ -1,0 +1,128 @@
+"""Contract tests over the method registry: every registered method is tested the moment it exists."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from testtime.bench import Domain, evaluate, get_protocol, list_protocols
+from testtime.methods import create_method, list_methods
+
+SEEDED = 0
+
+
+def _model(name):
+    from testtime.methods import METHODS
+
+    torch.manual_seed(SEEDED)
+    return METHODS.get(name).example_model(num_classes=4)
+
+
+def _batch(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g)
+
+
+def _fast(name, model):
+    """The method with at most 2 steps, so the contract runs quickly."""
+    from testtime.methods import METHODS
+
+    cfg = METHODS.get(name).Config()
+    over = {"steps": min(cfg.steps, 2)}
+    return create_method(name, model, **over)
+
+
+@pytest.fixture(params=list_methods())
+def name(request):
+    return request.param
+
+
+def test_output_shape_and_finite(name):
+    m = _fast(name, _model(name))
+    out = m(_batch())
+    assert out.shape == (8, 4)
+    assert torch.isfinite(out).all()
+
+
+def test_only_declared_parameters_change(name):
+    m = _fast(name, _model(name))
+    declared = set(m.adapted_parameter_names())
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m(_batch())
+    m(_batch(seed=2))
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= declared, f"{name} changed undeclared parameters: {sorted(changed - declared)[:5]}"
+    if m.optimizer is not None and m.config.steps > 0:
+        assert changed, f"{name} declares adapted parameters but none changed"
+
+
+def test_reset_restores_everything_exactly(name):
+    m = _fast(name, _model(name))
+    state0 = {k: v.clone() for k, v in m.state_dict().items()}
+    x1, x2 = _batch(), _batch(seed=2)
+    first = m(x1)
+    m(x2)
+    m.reset()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state0[k]), f"{name}: {k} not restored"
+    again = m(x1)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+def test_episodic_carries_nothing_between_batches(name):
+    """Under the episodic protocol, batch 2's predictions equal those of a fresh method on batch 2 alone."""
+    from testtime.bench import to_float_batch
+
+    model = _model(name)
+    fresh = _fast(name, copy.deepcopy(model))
+    m = _fast(name, model)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, size=16)
+    proto = get_protocol("episodic", batch_size=8, shuffle=False)
+    res = evaluate(m, [Domain("d", imgs, labels)], proto)
+    assert res.total["d"] == 16 and (res.predictions["d"] >= 0).all()
+    alone = fresh.step(to_float_batch(imgs[8:])).argmax(1).numpy()
+    np.testing.assert_array_equal(res.predictions["d"][8:], alone)
+
+
+@pytest.mark.parametrize("protocol", list_protocols())
+def test_each_protocol_runs(name, protocol):
+    from testtime.methods import METHODS
+
+    m = _fast(name, _model(name))
+    rng = np.random.default_rng(0)
+    doms = [Domain(f"d{i}", rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8),
+                   rng.integers(0, 4, size=6)) for i in range(2)]
+    p = get_protocol(protocol, batch_size=3 if protocol != "single-sample" else 1)
+    if p.batch_size < METHODS.get(name).requirements.min_batch_size:
+        with pytest.raises(ValueError, match=f"method '{name}' needs batches of at least"):
+            evaluate(m, doms, p)
+        return
+    res = evaluate(m, doms, p)
+    assert sum(res.total.values()) == 12
+    assert 0.0 <= res.mean_accuracy <= 100.0
+
+
+def test_batch_size_one(name):
+    from testtime.methods import METHODS
+
+    m = _fast(name, _model(name))
+    x = _batch(1)
+    if METHODS.get(name).requirements.supports_batch_size_1:
+        assert m(x).shape == (1, 4)
+    else:
+        with pytest.raises(ValueError, match=name):
+            m(x)
+
+
+def test_listing_describes_every_method():
+    from testtime.methods import METHODS
+
+    for n in list_methods():
+        cls = METHODS.get(n)
+        assert cls.requirements.describe()
+        assert cls.__doc__ and len(cls.__doc__) > 20
