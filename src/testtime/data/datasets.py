@@ -1,0 +1,165 @@
+"""The dataset registry: ``load_dataset``, ``find_dataset``, ``list_datasets``.
+
+Each entry knows where its files are searched, how to recognise them, which splits and options it
+takes, and how to load them as an :class:`ImageSplit`. Arguments are checked before any file is
+read; an unknown name is a KeyError listing the valid ones.
+
+Example::
+
+    from testtime.data import load_dataset, find_dataset
+    test = load_dataset("fashion-mnist", "test")                 # (10000, 28, 28, 1)
+    fog5 = load_dataset("cifar10-c", corruption="fog", severity=5, root="/data/CIFAR-10-C")
+    path, searched = find_dataset("cifar10")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testtime.data.idx import is_fashion_mnist_dir, load_fashion_mnist
+from testtime.data.imagefolder import check_on_bad_file, load_image_folder
+from testtime.data.paths import DATA_ENV, candidate_dirs, first_match
+from testtime.data.split import ImageSplit
+from testtime.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one dataset is found and loaded.
+
+    Attributes:
+        name: registry name, e.g. ``"cifar10"``.
+        loader: ``loader(folder, split, **options) -> ImageSplit``; ``folder`` is what
+            :func:`find_dataset` returned.
+        is_dataset: does a folder hold this dataset (cheap checks of marker files)?
+        splits: valid split names (None: any, e.g. image folders).
+        options: the keyword options the loader accepts.
+        check: validates ``(split, **options)`` before any file is read (raises ValueError).
+        folder_names: the release's official folder names, searched under the root and ``$TESTTIME_DATA``.
+        fixed: further folders searched when no root is given (e.g. a Debian package's folder).
+        root_required: True when nothing is searched without an explicit root.
+        needs: one line for users: the files this dataset needs.
+    """
+
+    name: str
+    loader: Callable[..., ImageSplit]
+    is_dataset: Callable[[Path], bool]
+    splits: tuple[str, ...] | None
+    needs: str
+    options: tuple[str, ...] = ()
+    check: Callable[..., None] | None = None
+    folder_names: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
+    root_required: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS.add(spec.name, spec)
+    return spec
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset names, sorted."""
+    return DATASETS.names()
+
+
+def find_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[Path | None, list[Path]]:
+    """Where dataset ``name`` is: ``(found folder or None, folders searched in order)``.
+
+    With ``root`` only ``root`` and its official sub-folders are searched; without it,
+    ``$TESTTIME_DATA/<name>``, ``$TESTTIME_DATA/<official folder>``, ``$TESTTIME_DATA``, the download
+    folder and the dataset's fixed places (e.g. ``/usr/share/datasets/fashion-mnist``).
+    """
+    spec = DATASETS.get(name)
+    if root is None and spec.root_required:
+        return None, []
+    searched = candidate_dirs(root, spec.name, spec.folder_names, spec.fixed)
+    return first_match(searched, spec.is_dataset), searched
+
+
+def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None, **kw: Any) -> ImageSplit:
+    """Load ``split`` of dataset ``name`` as an :class:`ImageSplit` (uint8 (N, H, W, C), int64 labels).
+
+    Args:
+        name: one of :func:`list_datasets` (KeyError listing them otherwise).
+        split: e.g. "train" / "test" (Tiny-ImageNet: "train" / "val").
+        root: a folder holding the dataset (searched alone when given); else the search of
+            :func:`find_dataset`.
+        **kw: the dataset's options, e.g. ``corruption=``, ``severity=`` for the -C sets,
+            ``on_bad_file=``, ``cache_dir=`` for image folders.
+
+    Raises:
+        KeyError: unknown dataset. ValueError: bad split or option. FileNotFoundError: not found
+        (the message lists the folders searched). DatasetError (a ValueError): malformed files.
+    """
+    spec = DATASETS.get(name)
+    if spec.splits is not None and split not in spec.splits:
+        raise ValueError(f"split: {spec.name} has splits {', '.join(spec.splits)}; got {split!r}")
+    unknown = sorted(set(kw) - set(spec.options))
+    if unknown:
+        valid = ", ".join(spec.options) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {spec.name}; valid: {valid}")
+    if spec.check is not None:
+        spec.check(split, **kw)
+    if spec.root_required and root is None:
+        raise ValueError(f"root: dataset {spec.name} needs an explicit root folder ({spec.needs})")
+    found, searched = find_dataset(spec.name, root)
+    if found is None and spec.root_required:
+        raise FileNotFoundError(f"root: {root} does not exist or is not a folder")
+    if found is None:
+        where = ", ".join(str(p) for p in searched[:8]) + (" ..." if len(searched) > 8 else "")
+        raise FileNotFoundError(
+            f"dataset {spec.name} not found (needs {spec.needs}); searched: {where}. Pass root=/path or set ${DATA_ENV}"
+        )
+    return spec.loader(found, split, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registrations
+
+
+def _fashion_loader(folder: Path, split: str) -> ImageSplit:
+    return load_fashion_mnist(folder, split)
+
+
+register_dataset(
+    DatasetSpec(
+        name="fashion-mnist",
+        loader=_fashion_loader,
+        is_dataset=is_fashion_mnist_dir,
+        splits=("train", "test"),
+        needs="{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (Debian: apt install dataset-fashion-mnist)",
+        folder_names=("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
+        fixed=("/usr/share/datasets/fashion-mnist",),
+    )
+)
+
+
+def _imagefolder_check(split: str, **kw: Any) -> None:
+    check_on_bad_file(kw.get("on_bad_file", "warn"))
+
+
+def _imagefolder_loader(folder: Path, split: str, **kw: Any) -> ImageSplit:
+    return load_image_folder(folder, split, **kw)
+
+
+register_dataset(
+    DatasetSpec(
+        name="imagefolder",
+        loader=_imagefolder_loader,
+        is_dataset=lambda p: p.is_dir(),
+        splits=None,
+        needs="<root>[/<split>]/<class>/*.{png,jpg,jpeg}",
+        options=("on_bad_file", "cache_dir", "cache"),
+        check=_imagefolder_check,
+        root_required=True,
+    )
+)
