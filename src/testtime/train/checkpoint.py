@@ -1,0 +1,197 @@
+"""Checkpoints as safetensors with a JSON sidecar (config, versions, sha256 content hash).
+
+Layout for a checkpoint named ``<dir>/<name>``:
+
+- ``<name>.safetensors``: tensors only (weights, buffers, optimiser moments); never pickle.
+- ``<name>.json``: ``{"format", "sha256", "meta": {...}}``; ``sha256`` is the hash of the
+  safetensors file's bytes, checked BEFORE any tensor is parsed, so a truncated or corrupted file
+  fails with a clear error and is never half-read.
+
+Both files are written under temporary names in the same directory and moved into place with
+``os.replace`` (the safetensors file first, then the sidecar that vouches for it).
+
+Example::
+
+    save_checkpoint("runs/x/supervised", {"model.fc.weight": w}, {"arch": "resnet8"})
+    tensors, meta = load_checkpoint("runs/x/supervised")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+FORMAT = "testtime-checkpoint-v1"
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    st, js = _paths(path)
+    return st.is_file() and js.is_file()
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine written beside every checkpoint and result."""
+    from testtime import __version__
+
+    return {
+        "testtime": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": str(torch.get_num_threads()),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` (contiguous CPU copies) and ``meta`` (JSON-serialisable) atomically."""
+    st, js = _paths(path)
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    data = st_save(clean)
+    digest = hashlib.sha256(data).hexdigest()
+    side = {"format": FORMAT, "sha256": digest, "meta": meta, "environment": environment()}
+    _atomic_write(st, data)
+    _atomic_write(js, json.dumps(side, indent=2, sort_keys=True, default=str).encode())
+    return st
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar's ``meta`` (no tensor is read)."""
+    _, js = _paths(path)
+    if not js.is_file():
+        raise FileNotFoundError(f"checkpoint sidecar not found: {js}")
+    try:
+        side = json.loads(js.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint sidecar {js} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
+    if side.get("format") != FORMAT:
+        raise ValueError(f"{js}: not a testtime checkpoint (format {side.get('format')!r}, expected {FORMAT!r})")
+    return side
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint: (tensors on CPU, meta). Raises before parsing on a hash mismatch."""
+    st, _ = _paths(path)
+    side = read_meta(path)
+    if not st.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {st}")
+    data = st.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != side["sha256"]:
+        raise ValueError(
+            f"checkpoint {st} is corrupted or was modified: sha256 {digest[:12]}... does not match the "
+            f"sidecar's {side['sha256'][:12]}...; nothing was loaded"
+        )
+    return st_load(data), side["meta"]
+
+
+def module_tensors(modules: dict[str, nn.Module], prefix: str = "model") -> dict[str, torch.Tensor]:
+    """Flatten the state dicts of named modules into ``{prefix.name.key: tensor}``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        for k, v in m.state_dict().items():
+            out[f"{prefix}.{name}.{k}"] = v
+    return out
+
+
+def load_module_tensors(
+    modules: dict[str, nn.Module], tensors: dict[str, torch.Tensor], *, prefix: str = "model", source: str = ""
+) -> None:
+    """Load ``tensors`` into ``modules``; every key and shape must match (checked before any copy)."""
+    problems: list[str] = []
+    staged: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
+    for name, m in modules.items():
+        want = m.state_dict()
+        p = f"{prefix}.{name}."
+        have = {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        shapes = [k for k in want if k in have and tuple(want[k].shape) != tuple(have[k].shape)]
+        if missing:
+            problems.append(f"{name}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if extra:
+            problems.append(f"{name}: unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}")
+        for k in shapes[:3]:
+            problems.append(f"{name}.{k}: checkpoint {tuple(have[k].shape)} vs model {tuple(want[k].shape)}")
+        staged.append((m, have))
+    if problems:
+        raise ValueError(
+            f"checkpoint {source or ''} does not fit this architecture ({'; '.join(problems)}); "
+            "was it saved from another architecture or stage?"
+        )
+    for m, have in staged:
+        m.load_state_dict(have, strict=True)
+
+
+def save_modules(path: str | os.PathLike, modules: dict[str, nn.Module], meta: dict[str, Any]) -> Path:
+    """Save named modules' weights and buffers (e.g. ``{"encoder": g, "projector": pi}``)."""
+    return save_checkpoint(path, module_tensors(modules), meta)
+
+
+def load_modules(path: str | os.PathLike, modules: dict[str, nn.Module]) -> dict[str, Any]:
+    """Verify and load a checkpoint written by :func:`save_modules` into ``modules``; returns meta."""
+    tensors, meta = load_checkpoint(path)
+    names = {k.split(".")[1] for k in tensors if k.startswith("model.")}
+    wanted = set(modules)
+    if not wanted <= names:
+        raise ValueError(
+            f"checkpoint {path} holds modules {sorted(names)}, not {sorted(wanted - names)}; "
+            "was it saved by another stage?"
+        )
+    load_module_tensors(modules, tensors, source=str(path))
+    return meta
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimiser's state as flat tensors ``optim.<param index>.<key>`` plus JSON param groups."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            tensors[f"optim.{idx}.{k}"] = t
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if not k.startswith("optim."):
+            continue
+        _, idx, key = k.split(".", 2)
+        state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,251 @@
+"""The one trainer used by every source-time stage (supervised, SimCLR, alignment, probe, joint).
+
+``fit(objective, data, config, run_dir, name)``: Adam, linear warm-up then cosine decay from ``lr``
+to ``final_lr`` (the CTA paper's Table 3 schedule), mini-batches in a seeded order per epoch (last
+incomplete batch dropped), checkpoints every ``checkpoint_every`` steps and at every epoch end.
+
+Determinism and resume: the order of epoch ``e`` is drawn from ``numpy.random.default_rng([seed,
+e])`` and the augmentation generator of step ``s`` is ``torch.Generator().manual_seed(f(seed, s))``,
+so the random state at any step is a function of ``(seed, step)``; the resume checkpoint holds the
+weights and buffers of every module, the optimiser moments and the step (safetensors + JSON). A run
+killed at any point and restarted with the same command ends with the same weights, bit for bit on
+CPU, as an uninterrupted run.
+
+Example::
+
+    from testtime.train import SupervisedObjective, TrainConfig, fit
+    model = create_model("resnet8", 10)
+    result = fit(SupervisedObjective(model.encoder, model.fc), split, TrainConfig(epochs=2), "runs/a", "supervised")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from testtime.data.split import ImageSplit
+from testtime.train.checkpoint import (
+    checkpoint_exists,
+    load_checkpoint,
+    load_module_tensors,
+    load_optimizer_tensors,
+    module_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
+from testtime.train.objectives import Objective
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One source-time stage. Defaults: the CTA paper's Table 3 (50 epochs, batch 256, Adam,
+    cosine 5e-4 -> 1e-6, 2 warm-up epochs)."""
+
+    epochs: float = 50
+    batch_size: int = 256
+    lr: float = 5e-4
+    final_lr: float = 1e-6
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
+    log_every: int = 20  # steps
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
+        if not self.lr > 0 or self.final_lr < 0:
+            raise ValueError(f"lr must be > 0 and final_lr >= 0, got lr={self.lr}, final_lr={self.final_lr}")
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
+            raise ValueError("warmup_epochs, weight_decay and checkpoint_every must be >= 0")
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine annealing to ``final_lr`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one training step: a function of (seed, step) only."""
+    s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+@dataclass
+class FitResult:
+    name: str
+    steps: int
+    resumed_from: int
+    wall_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped_nonfinite: int = 0
+    checkpoint: str | None = None
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop (tests use it to simulate a kill after a checkpoint)."""
+
+
+def fit(
+    objective: Objective,
+    data: ImageSplit,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    name: str = "stage",
+    *,
+    meta: dict[str, Any] | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> FitResult:
+    """Train ``objective``'s trainable modules on ``data``; see the module docstring.
+
+    Args:
+        objective: modules + loss (see :mod:`testtime.train.objectives`).
+        data: labelled source split (uint8 images (N, H, W, C)).
+        config: the schedule and seed.
+        run_dir: where ``<name>.safetensors/.json`` (final) and ``<name>.resume.*`` go; ``None``
+            trains in memory only.
+        name: the stage name (file names).
+        meta: extra JSON-serialisable metadata written beside the weights (e.g. architecture).
+        resume: continue from ``<name>.resume`` when present; return at once when the final
+            checkpoint exists (its weights are loaded into the modules).
+        on_step: called after every step with (step, logs); may raise :class:`StopTraining`.
+    Returns:
+        :class:`FitResult` (history of logged steps).
+    """
+    if len(data) < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(data)} images)")
+    device = torch.device(config.device)
+    objective.to(device)
+    meta = dict(meta or {})
+    meta.update(
+        {
+            "stage": name,
+            "objective": objective.name,
+            "train_config": dataclasses.asdict(config),
+            "train_set": {"name": data.name, "size": len(data)},
+        }
+    )
+    final = Path(run_dir) / name if run_dir is not None else None
+    resume_path = Path(run_dir) / f"{name}.resume" if run_dir is not None else None
+    if final is not None and resume and checkpoint_exists(final):
+        tensors, _ = load_checkpoint(final)
+        load_module_tensors(objective.modules, tensors, source=str(final))
+        if log:
+            log(f"[{name}] final checkpoint exists, loaded {final}.safetensors (delete it to retrain)")
+        return FitResult(name, 0, -1, 0.0, checkpoint=str(final))
+
+    params = objective.parameters()
+    if not params:
+        raise ValueError(f"objective {objective.name!r} has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    n = len(data)
+    per_epoch = n // config.batch_size
+    total = max(1, int(round(config.epochs * per_epoch)))
+    warmup = int(round(config.warmup_epochs * per_epoch))
+    start = 0
+    if resume_path is not None and resume and checkpoint_exists(resume_path):
+        tensors, rmeta = load_checkpoint(resume_path)
+        if rmeta.get("train_config") != meta["train_config"]:
+            raise ValueError(
+                f"{resume_path}.json was written with another training config; delete it to restart "
+                "or run with the same settings"
+            )
+        load_module_tensors(objective.modules, tensors, source=str(resume_path))
+        load_optimizer_tensors(opt, tensors, rmeta["optimizer_groups"])
+        start = int(rmeta["step"])
+        if log:
+            log(f"[{name}] resuming at step {start}/{total} from {resume_path}.safetensors")
+
+    def save_resume(step: int) -> None:
+        if resume_path is None:
+            return
+        ot, groups = optimizer_tensors(opt)
+        save_checkpoint(
+            resume_path, {**module_tensors(objective.modules), **ot}, {**meta, "step": step, "optimizer_groups": groups}
+        )
+
+    objective.set_modes()
+    result = FitResult(name, total, start, 0.0)
+    t0 = time.perf_counter()
+    images = torch.from_numpy(data.images)  # (N, H, W, C) uint8
+    labels = torch.from_numpy(data.labels)
+    order: np.ndarray | None = None
+    order_epoch = -1
+    running: dict[str, float] = {}
+    for step in range(start, total):
+        epoch, k = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order = np.random.default_rng([int(config.seed), int(epoch)]).permutation(n)
+            order_epoch = epoch
+        assert order is not None
+        idx = torch.from_numpy(order[k * config.batch_size : (k + 1) * config.batch_size])
+        x = images[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
+        y = labels[idx].to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, warmup, config)
+        loss, logs = objective.loss(x, y, step_generator(config.seed, step))
+        if not torch.isfinite(loss):
+            result.skipped_nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for key, v in logs.items():
+            running[key] = running.get(key, 0.0) + v
+        running["_n"] = running.get("_n", 0.0) + 1
+        done = step + 1
+        if done % max(1, config.log_every) == 0 or done == total:
+            c = running.pop("_n")
+            row = {
+                "step": done,
+                "epoch": done / per_epoch,
+                "lr": opt.param_groups[0]["lr"],
+                **{key: v / c for key, v in running.items()},
+                "wall_s": time.perf_counter() - t0,
+            }
+            result.history.append(row)
+            running = {}
+            if log:
+                vals = " ".join(f"{key} {v:.4g}" for key, v in row.items() if key not in ("step", "wall_s"))
+                log(f"[{name}] step {done}/{total} {vals} ({row['wall_s']:.0f}s)")
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done % per_epoch == 0:
+            if done < total:
+                save_resume(done)
+        if on_step is not None:
+            on_step(done, logs)
+    result.wall_s = time.perf_counter() - t0
+    if final is not None:
+        save_checkpoint(
+            final,
+            module_tensors(objective.modules),
+            {
+                **meta,
+                "step": total,
+                "wall_s": result.wall_s,
+                "history": result.history,
+                "skipped_nonfinite": result.skipped_nonfinite,
+            },
+        )
+        result.checkpoint = str(final)
+        for suffix in (".safetensors", ".json"):
+            p = resume_path.with_name(resume_path.name + suffix)  # type: ignore[union-attr]
+            if p.exists():
+                p.unlink()
+    return result
