@@ -31,6 +31,9 @@ from torch import nn
 from testtime.losses import cross_encoder_alignment, cross_entropy, nt_xent
 from testtime.transforms import CropFlipConfig, SimCLRViewsConfig, crop_flip, simclr_views
 
+_CROP = CropFlipConfig()
+_VIEWS = SimCLRViewsConfig()
+
 
 class Objective:
     """Base class. ``modules``: all saved modules by name; ``trainable``: names updated."""
@@ -76,7 +79,7 @@ class SupervisedObjective(Objective):
 
     name = "supervised"
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, augment: CropFlipConfig | None = CropFlipConfig()):
+    def __init__(self, encoder: nn.Module, head: nn.Module, augment: CropFlipConfig | None = _CROP):
         super().__init__({"encoder": encoder, "head": head}, ("encoder", "head"))
         self.augment = augment
 
@@ -94,7 +97,7 @@ class SimCLRObjective(Objective):
 
     name = "ssl"
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, tau: float = 0.01, views=SimCLRViewsConfig()):
+    def __init__(self, encoder: nn.Module, projector: nn.Module, tau: float = 0.01, views=_VIEWS):
         super().__init__({"encoder": encoder, "projector": projector}, ("encoder", "projector"))
         self.tau, self.views = tau, views
 
@@ -170,7 +173,7 @@ class LinearProbeObjective(Objective):
 
     name = "probe"
 
-    def __init__(self, features: nn.Module, head: nn.Module, augment: CropFlipConfig | None = CropFlipConfig()):
+    def __init__(self, features: nn.Module, head: nn.Module, augment: CropFlipConfig | None = _CROP):
         super().__init__({"features": features, "head": head}, ("head",))
         self.augment = augment
 
@@ -196,8 +199,8 @@ class JointObjective(Objective):
         projector: nn.Module,
         tau: float = 0.01,
         ssl_weight: float = 1.0,
-        views=SimCLRViewsConfig(),
-        augment: CropFlipConfig = CropFlipConfig(),
+        views=_VIEWS,
+        augment: CropFlipConfig = _CROP,
     ):
         super().__init__({"encoder": encoder, "head": head, "projector": projector}, ("encoder", "head", "projector"))
         self.tau, self.ssl_weight, self.views, self.augment = tau, ssl_weight, views, augment
