@@ -20,6 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testtime.data.cifar import (
+    CIFAR10_FOLDERS,
+    CIFAR100_FOLDERS,
+    LABEL_TYPES,
+    is_cifar10_dir,
+    is_cifar100_dir,
+    load_cifar,
+)
+from testtime.data.corrupted import (
+    CIFAR10C_FOLDERS,
+    CIFAR100C_FOLDERS,
+    TINY_FOLDERS,
+    TINYC_FOLDERS,
+    _check_c_kw,
+    is_cifar_c_dir,
+    is_tiny_imagenet_c_dir,
+    is_tiny_imagenet_dir,
+    load_cifar_c,
+    load_tiny_imagenet,
+    load_tiny_imagenet_c,
+)
 from testtime.data.idx import is_fashion_mnist_dir, load_fashion_mnist
 from testtime.data.imagefolder import check_on_bad_file, load_image_folder
 from testtime.data.paths import DATA_ENV, candidate_dirs, first_match
@@ -161,5 +182,93 @@ register_dataset(
         options=("on_bad_file", "cache_dir", "cache"),
         check=_imagefolder_check,
         root_required=True,
+    )
+)
+
+
+def _cifar_check(split: str, labels: str = "fine", **_: Any) -> None:
+    if labels not in LABEL_TYPES:
+        raise ValueError(f"labels: expected one of {', '.join(LABEL_TYPES)}, got {labels!r}")
+
+
+register_dataset(
+    DatasetSpec(
+        name="cifar10",
+        loader=lambda folder, split: load_cifar(folder, split, num_classes=10),
+        is_dataset=is_cifar10_dir,
+        splits=("train", "test"),
+        needs="cifar-10-batches-py/ (python version) or cifar-10-batches-bin/ (binary version)",
+        folder_names=CIFAR10_FOLDERS,
+    )
+)
+
+register_dataset(
+    DatasetSpec(
+        name="cifar100",
+        loader=lambda folder, split, **kw: load_cifar(folder, split, num_classes=100, **kw),
+        is_dataset=is_cifar100_dir,
+        splits=("train", "test"),
+        needs="cifar-100-python/ (python version) or cifar-100-binary/ (binary version)",
+        options=("labels",),
+        check=_cifar_check,
+        folder_names=CIFAR100_FOLDERS,
+    )
+)
+
+register_dataset(
+    DatasetSpec(
+        name="cifar10-c",
+        loader=lambda folder, split, **kw: load_cifar_c(folder, split, num_classes=10, **kw),
+        is_dataset=is_cifar_c_dir,
+        splits=("test",),
+        needs="CIFAR-10-C/<corruption>.npy + labels.npy (zenodo 2535967)",
+        options=("corruption", "severity"),
+        check=_check_c_kw,
+        folder_names=CIFAR10C_FOLDERS,
+    )
+)
+
+register_dataset(
+    DatasetSpec(
+        name="cifar100-c",
+        loader=lambda folder, split, **kw: load_cifar_c(folder, split, num_classes=100, **kw),
+        is_dataset=is_cifar_c_dir,
+        splits=("test",),
+        needs="CIFAR-100-C/<corruption>.npy + labels.npy (zenodo 3555552)",
+        options=("corruption", "severity"),
+        check=_check_c_kw,
+        folder_names=CIFAR100C_FOLDERS,
+    )
+)
+
+register_dataset(
+    DatasetSpec(
+        name="tiny-imagenet",
+        loader=load_tiny_imagenet,
+        is_dataset=is_tiny_imagenet_dir,
+        splits=("train", "val"),
+        needs="tiny-imagenet-200/ (wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images + val_annotations.txt)",
+        options=("on_bad_file", "cache_dir", "cache"),
+        check=_imagefolder_check,
+        folder_names=TINY_FOLDERS,
+    )
+)
+
+
+def _tinyc_check(split: str, **kw: Any) -> None:
+    _check_c_kw(split, **kw)
+    _imagefolder_check(split, **kw)
+
+
+register_dataset(
+    DatasetSpec(
+        name="tiny-imagenet-c",
+        loader=load_tiny_imagenet_c,
+        is_dataset=is_tiny_imagenet_c_dir,
+        splits=("test",),
+        needs="Tiny-ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG (zenodo 2536630)",
+        options=("corruption", "severity", "on_bad_file", "cache_dir", "cache"),
+        check=_tinyc_check,
+        folder_names=TINYC_FOLDERS,
     )
 )
