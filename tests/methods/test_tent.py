@@ -1,0 +1,116 @@
+"""TENT: one adaptation step checked against the paper's update computed by hand (Wang et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from testtime.methods import create_method
+from testtime.methods.tent import TentConfig
+from testtime.models import create_model
+
+
+class Tiny(nn.Module):
+    """conv 3x3 -> BN -> ReLU -> global mean -> linear: small enough to write out by hand."""
+
+    def __init__(self, k: int = 3, width: int = 4, norm: str = "bn") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width) if norm == "bn" else nn.GroupNorm(2, width)
+        self.fc = nn.Linear(width, k)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def tiny(seed=0, scale=1.0, norm="bn"):
+    torch.manual_seed(seed)
+    m = Tiny(norm=norm)
+    with torch.no_grad():
+        m.bn.weight.uniform_(0.5, 1.5)
+        m.bn.bias.uniform_(-0.2, 0.2)
+        m.fc.weight.mul_(scale)
+    return m
+
+
+def ref_forward(m: Tiny, x, gamma, beta):
+    """The tiny model with BN normalising by the batch's own statistics (biased variance), written out."""
+    h = F.conv2d(x, m.conv.weight.detach(), padding=1)  # (B, W, H, W)
+    mu = h.mean(dim=(0, 2, 3), keepdim=True)
+    var = ((h - mu) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    h = (h - mu) / torch.sqrt(var + m.bn.eps) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+    z = h.clamp_min(0).mean(dim=(2, 3))  # (B, W)
+    return z @ m.fc.weight.detach().T + m.fc.bias.detach()  # (B, K)
+
+
+def entropy(logits):
+    p = torch.exp(logits - torch.logsumexp(logits, 1, keepdim=True))
+    return -(p * torch.log(p)).sum(1)
+
+
+def test_paper_defaults():
+    c = TentConfig()
+    assert (c.optimizer, c.lr, c.steps, c.weight_decay) == ("adam", 1e-3, 1, 0.0)
+
+
+def test_one_step_matches_hand_computed_adam_update():
+    model = tiny()
+    ref = tiny()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    lr = 0.05
+    m = create_method("tent", model, lr=lr)
+    assert sorted(m.adapted_parameter_names()) == ["model.bn.bias", "model.bn.weight"]
+    running = (model.bn.running_mean.clone(), model.bn.running_var.clone())
+    conv_w, fc_w = model.conv.weight.clone(), model.fc.weight.clone()
+
+    logits = m(x)
+
+    # Eq. 2: L = mean_b H(softmax(f(x_b))), gradient w.r.t. (gamma, beta) only.
+    gamma = ref.bn.weight.detach().clone().requires_grad_(True)
+    beta = ref.bn.bias.detach().clone().requires_grad_(True)
+    ref_logits = ref_forward(ref, x, gamma, beta)
+    loss = entropy(ref_logits).mean()
+    g_gamma, g_beta = torch.autograd.grad(loss, [gamma, beta])
+    torch.testing.assert_close(logits, ref_logits.detach(), rtol=1e-5, atol=1e-6)  # predicted before the update
+
+    # Adam, first step: m = (1-b1) g, v = (1-b2) g^2, bias-corrected: p -= lr * g / (|g| + eps).
+    def adam1(p, g, eps=1e-8):
+        m_hat = (1 - 0.9) * g / (1 - 0.9)
+        v_hat = (1 - 0.999) * g * g / (1 - 0.999)
+        return p - lr * m_hat / (torch.sqrt(v_hat) + eps)
+
+    torch.testing.assert_close(model.bn.weight.detach(), adam1(gamma.detach(), g_gamma), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.bn.bias.detach(), adam1(beta.detach(), g_beta), rtol=1e-5, atol=1e-6)
+    # Nothing else moved: conv, classifier, stored BN statistics.
+    assert torch.equal(model.conv.weight, conv_w) and torch.equal(model.fc.weight, fc_w)
+    assert torch.equal(model.bn.running_mean, running[0]) and torch.equal(model.bn.running_var, running[1])
+    # The update lowered the entropy of this batch.
+    after = entropy(ref_forward(ref, x, model.bn.weight.detach(), model.bn.bias.detach())).mean()
+    assert after < loss.detach()
+
+
+def test_needs_batchnorm_clear_error_before_work():
+    model = create_model("resnet8", 4, norm="group")
+    w = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="method 'tent' adapts BatchNorm layers but the model has none"):
+        create_method("tent", model)
+    assert all(torch.equal(v, w[k]) for k, v in model.state_dict().items())
+
+
+def test_batch_of_one_runs_and_bad_batches_fail_clearly():
+    m = create_method("tent", tiny())
+    assert m(torch.rand(1, 3, 8, 8)).shape == (1, 3)
+    with pytest.raises(ValueError, match="tent: x must be a float tensor"):
+        m(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_entropy_of_uniform_is_log_c():
+    from testtime.losses.entropy import softmax_entropy
+
+    torch.testing.assert_close(softmax_entropy(torch.zeros(2, 5)), torch.full((2,), math.log(5)))
+    with pytest.raises(ValueError, match="logits: expected a 2-D tensor"):
+        softmax_entropy(torch.zeros(5))
