@@ -1,0 +1,440 @@
+"""Batched tensor building blocks shared by the corruption families.
+
+All image tensors here are float (N, C, H, W) in [0, 1] on any device. Border modes are named
+after their definition, with the library that uses each name:
+
+* ``"reflect101"``: ``dcb|abcd|cba`` (OpenCV ``BORDER_REFLECT_101``, torch ``reflect``)
+* ``"symmetric"``:  ``cba|abcd|dcb`` (SciPy / scikit-image ``reflect``)
+* ``"edge"``:       ``aaa|abcd|ddd`` (SciPy ``nearest``, ImageMagick's default virtual pixels)
+
+Example::
+
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> gaussian_filter(x, 1.0, truncate=4.0, mode="edge").shape
+    torch.Size([2, 3, 8, 8])
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BORDER_MODES = ("reflect101", "symmetric", "edge")
+
+
+class Rng:
+    """Random draws from one explicit ``torch.Generator``, returned on ``device``.
+
+    Draws are made on the generator's own device (CPU by default) and then moved, so a CPU
+    generator gives the same numbers whether the images live on CPU or CUDA.
+    """
+
+    def __init__(self, generator: torch.Generator, device: torch.device) -> None:
+        self.gen = generator
+        self.device = device
+
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device)
+
+    def uniform(self, shape: tuple[int, ...], low: float, high: float, dtype=torch.float32) -> torch.Tensor:
+        t = torch.rand(shape, generator=self.gen, device=self.gen.device, dtype=dtype)
+        return self._to(t * (high - low) + low)
+
+    def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+        t = torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=torch.float32)
+        return self._to(t * scale + loc)
+
+    def randint(self, low: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Integers in [low, high) (``high`` excluded, like ``np.random.randint``)."""
+        return self._to(torch.randint(low, high, shape, generator=self.gen, device=self.gen.device))
+
+    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
+        return self._to(torch.poisson(rates.to(self.gen.device), generator=self.gen))
+
+
+# ----------------------------------------------------------------------------- borders and filters
+
+
+def map_index(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """Map (possibly out-of-range) integer indices ``i`` into [0, n) by border ``mode``."""
+    if mode == "edge" or n == 1:
+        return i.clamp(0, n - 1)
+    if mode == "symmetric":
+        m = torch.remainder(i, 2 * n)
+        return torch.where(m < n, m, 2 * n - 1 - m)
+    if mode == "reflect101":
+        m = torch.remainder(i, 2 * n - 2)
+        return torch.where(m < n, m, 2 * n - 2 - m)
+    raise ValueError(f"mode: unknown border mode {mode!r}; valid: {', '.join(BORDER_MODES)}")
+
+
+def pad2d(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
+    """Pad (N, C, H, W) by ``ph`` rows and ``pw`` columns on each side, any pad size."""
+    _, _, h, w = x.shape
+    rows = map_index(torch.arange(-ph, h + ph, device=x.device), h, mode)
+    cols = map_index(torch.arange(-pw, w + pw, device=x.device), w, mode)
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Same-size 2-D correlation of every channel of (N, C, H, W) with one (kh, kw) kernel.
+
+    The kernel's centre is at ((kh - 1) / 2, (kw - 1) / 2); kh and kw must be odd.
+    """
+    n, c, h, w = x.shape
+    kh, kw = kernel.shape
+    xp = pad2d(x, kh // 2, kw // 2, mode).reshape(n * c, 1, h + kh - 1, w + kw - 1)  # (NC, 1, H', W')
+    k = kernel.to(device=x.device, dtype=x.dtype)[None, None]  # (1, 1, kh, kw)
+    return F.conv2d(xp, k).reshape(n, c, h, w)
+
+
+def separable(x: torch.Tensor, k_rows: torch.Tensor, k_cols: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate with ``k_rows`` along H then ``k_cols`` along W (odd lengths), borders by ``mode``."""
+    n, c, h, w = x.shape
+    rh, rw = len(k_rows) // 2, len(k_cols) // 2
+    y = pad2d(x, rh, 0, mode).reshape(n * c, 1, h + 2 * rh, w)  # (NC, 1, H', W)
+    y = F.conv2d(y, k_rows.to(device=x.device, dtype=x.dtype).view(1, 1, -1, 1))
+    y = pad2d(y, 0, rw, mode)  # (NC, 1, H, W')
+    y = F.conv2d(y, k_cols.to(device=x.device, dtype=x.dtype).view(1, 1, 1, -1))
+    return y.reshape(n, c, h, w)
+
+
+@lru_cache(maxsize=64)
+def gaussian_kernel1d(sigma: float, truncate: float) -> torch.Tensor:
+    """SciPy's sampled Gaussian: radius ``int(truncate * sigma + 0.5)``, normalised to sum 1."""
+    if sigma <= 0:
+        return torch.ones(1, dtype=torch.float64)
+    radius = int(truncate * float(sigma) + 0.5)
+    xs = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    phi = torch.exp(-0.5 * xs**2 / float(sigma) ** 2)
+    return phi / phi.sum()
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: str = "edge") -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter`` over H and W of (N, C, H, W) (what skimage's ``gaussian`` calls)."""
+    if sigma <= 0:
+        return x
+    k = gaussian_kernel1d(float(sigma), float(truncate))
+    return separable(x, k, k, mode)
+
+
+def cv2_gaussian_kernel1d(ksize: int, sigma: float) -> np.ndarray:
+    """OpenCV ``getGaussianKernel(ksize, sigma)`` for sigma > 0 (float64)."""
+    xs = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2.0
+    k = np.exp(-(xs**2) / (2.0 * sigma * sigma))
+    return k / k.sum()
+
+
+@lru_cache(maxsize=32)
+def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """The anti-aliased disk of the published ``defocus_blur`` (float32, cropped to its support).
+
+    A 17 x 17 (or 2r+1) binary disk ``X^2 + Y^2 <= r^2`` normalised to sum 1, then blurred by
+    OpenCV's 3 x 3 (5 x 5 when r > 8) Gaussian of sigma ``alias_blur`` (border reflect-101).
+    Zero rows/columns are cropped, which does not change a correlation.
+    """
+    if radius <= 8:
+        ls, ks = np.arange(-8, 9), 3
+    else:
+        ls, ks = np.arange(-radius, radius + 1), 5
+    xx, yy = np.meshgrid(ls, ls)
+    d = ((xx**2 + yy**2) <= radius**2).astype(np.float32)
+    d /= d.sum()
+    g = cv2_gaussian_kernel1d(ks, alias_blur)
+    t = torch.from_numpy(d.astype(np.float64))[None, None]  # (1, 1, K, K)
+    t = separable(t, torch.from_numpy(g), torch.from_numpy(g), "reflect101")[0, 0].float()
+    nz = torch.nonzero(t)
+    r0, r1 = int(nz[:, 0].min()), int(nz[:, 0].max())
+    c0, c1 = int(nz[:, 1].min()), int(nz[:, 1].max())
+    # keep the crop centred so that the kernel centre stays at the middle
+    k = t.shape[0] // 2
+    half = max(k - r0, r1 - k, k - c0, c1 - k)
+    return t[k - half : k + half + 1, k - half : k + half + 1].contiguous()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_bilinear(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, mode: str) -> torch.Tensor:
+    """Bilinear samples of (N, C, H, W) at per-image coordinates ``ys``/``xs`` (N, H', W').
+
+    Coordinates are in pixels (0 = centre of the first pixel); neighbours outside the image
+    are mapped by the border ``mode`` (like ``scipy.ndimage.map_coordinates(order=1)``).
+    Returns (N, C, H', W').
+    """
+    n, c, h, w = x.shape
+    y0f, x0f = torch.floor(ys), torch.floor(xs)
+    wy, wx = (ys - y0f).to(x.dtype), (xs - x0f).to(x.dtype)
+    y0, x0 = y0f.long(), x0f.long()
+    flat = x.reshape(n, c, h * w)  # (N, C, HW)
+    out_hw = ys.shape[1:]
+
+    def tap(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        idx = (map_index(yy, h, mode) * w + map_index(xx, w, mode)).reshape(n, 1, -1)  # (N, 1, H'W')
+        return flat.gather(2, idx.expand(n, c, idx.shape[-1])).reshape(n, c, *out_hw)
+
+    wy, wx = wy[:, None], wx[:, None]  # (N, 1, H', W')
+    top = tap(y0, x0) * (1 - wx) + tap(y0, x0 + 1) * wx
+    bottom = tap(y0 + 1, x0) * (1 - wx) + tap(y0 + 1, x0 + 1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """The generators' ``clipped_zoom``: centre crop of ceil(H / z), zoom back, centre trim to H.
+
+    The zoom is ``scipy.ndimage.zoom(order=1)``, i.e. bilinear with corner-aligned grids and an
+    output side of ``round(crop * z)``. (N, C, H, W) -> (N, C, H, W).
+    """
+    _, _, h, w = x.shape
+    ch, cw = int(math.ceil(h / factor)), int(math.ceil(w / factor))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[:, :, top : top + ch, left : left + cw]
+    oh, ow = int(round(ch * factor)), int(round(cw * factor))
+    if (oh, ow) != (ch, cw):
+        crop = F.interpolate(crop, size=(oh, ow), mode="bilinear", align_corners=True)
+    th, tw = (oh - h) // 2, (ow - w) // 2
+    return crop[:, :, th : th + h, tw : tw + w]
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """scikit-image ``rgb2hsv`` on (N, 3, H, W); h, s, v in [0, 1] (ties: blue > green > red)."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    v = x.max(dim=1).values
+    delta = v - x.min(dim=1).values
+    safe = torch.where(delta == 0, torch.ones_like(delta), delta)
+    s = torch.where(delta == 0, torch.zeros_like(v), delta / torch.where(v == 0, torch.ones_like(v), v))
+    h = (g - b) / safe
+    h = torch.where(g == v, 2.0 + (b - r) / safe, h)
+    h = torch.where(b == v, 4.0 + (r - g) / safe, h)
+    h = torch.remainder(h / 6.0, 1.0)
+    h = torch.where(delta == 0, torch.zeros_like(h), h)
+    return torch.stack((h, s, v), dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """scikit-image ``hsv2rgb`` on (N, 3, H, W)."""
+    h, s, v = x[:, 0], x[:, 1], x[:, 2]
+    hi = torch.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    hi = torch.remainder(hi, 6).long()
+    table = torch.stack(
+        [
+            torch.stack((v, t, p), 1),
+            torch.stack((q, v, p), 1),
+            torch.stack((p, v, t), 1),
+            torch.stack((p, q, v), 1),
+            torch.stack((t, p, v), 1),
+            torch.stack((v, p, q), 1),
+        ],
+        0,
+    )  # (6, N, 3, H, W)
+    idx = hi[None, :, None].expand(1, *table.shape[1:])  # (1, N, 3, H, W)
+    return table.gather(0, idx)[0]
+
+
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (OpenCV ``COLOR_RGB2GRAY``): (N, 3, H, W) -> (N, 1, H, W)."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- ImageMagick motion blur
+
+
+def motion_kernel(radius: float, sigma: float) -> torch.Tensor:
+    """ImageMagick ``MotionBlurImage``'s one-sided Gaussian: ``2 * ceil(radius) + 1`` taps.
+
+    ``k[i] = exp(-i^2 / (2 sigma^2)) / (sqrt(2 pi) sigma)``, i = 0..width-1, normalised to sum 1
+    (``GetOptimalKernelWidth1D`` gives the width; MagickCore/effect.c).
+    """
+    width = int(2 * math.ceil(radius) + 1) if radius > 1e-12 else 3
+    sig = max(abs(float(sigma)), 1e-12)
+    i = torch.arange(width, dtype=torch.float64)
+    k = torch.exp(-(i * i) / (2.0 * sig * sig)) / (math.sqrt(2 * math.pi) * sig)
+    return k / k.sum()
+
+
+def motion_offsets(width: int, angles_deg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image tap offsets of ImageMagick's motion blur: (dx, dy), each (N, width), int64.
+
+    ``point = width * (sin a, cos a)``; tap i samples the pixel at
+    ``x + ceil(i * point.y / |point| - 0.5)``, ``y + ceil(i * point.x / |point| - 0.5)``.
+    """
+    a = angles_deg.to(torch.float64) * (math.pi / 180.0)
+    px, py = width * torch.sin(a), width * torch.cos(a)  # (N,)
+    hyp = torch.hypot(px, py)
+    i = torch.arange(width, dtype=torch.float64, device=a.device)[None]  # (1, width)
+    dx = torch.ceil(i * (py / hyp)[:, None] - 0.5).long()
+    dy = torch.ceil(i * (px / hyp)[:, None] - 0.5).long()
+    return dx, dy
+
+
+def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.Tensor) -> torch.Tensor:
+    """ImageMagick ``-motion-blur radius x sigma + angle`` on (N, C, H, W), one angle per image.
+
+    Out-of-image taps read the nearest edge pixel (ImageMagick's default ``edge`` virtual pixel
+    method). Returns the unquantised weighted sum (N, C, H, W).
+    """
+    n, c, h, w = x.shape
+    k = motion_kernel(radius, sigma).to(x.dtype)
+    dx, dy = motion_offsets(len(k), angles_deg.cpu())
+    dx, dy = dx.to(x.device), dy.to(x.device)
+    flat = x.reshape(n, c, h * w)  # (N, C, HW)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    out = torch.zeros_like(x)
+    for i in range(len(k)):
+        yy = (rows + dy[:, i].view(n, 1, 1)).clamp(0, h - 1)
+        xx = (cols + dx[:, i].view(n, 1, 1)).clamp(0, w - 1)
+        idx = (yy * w + xx).reshape(n, 1, h * w).expand(n, c, h * w)  # (N, C, HW)
+        out += float(k[i]) * flat.gather(2, idx).reshape(n, c, h, w)
+    return out
+
+
+# ----------------------------------------------------------------------------- fog
+
+
+def plasma_fractal(n: int, mapsize: int, wibbledecay: float, rng: Rng) -> torch.Tensor:
+    """Diamond-square height maps, ``n`` at once: (n, mapsize, mapsize) in [0, 1] (float64).
+
+    The published ``plasma_fractal``: corners start at 0, each level sets square centres and
+    diamond centres to the mean of their 4 neighbours (wrapping) plus
+    ``wibble * U(-wibble, wibble)``; wibble starts at 100 and is divided by ``wibbledecay``.
+    """
+    if mapsize & (mapsize - 1):
+        raise ValueError(f"mapsize: must be a power of two, got {mapsize}")
+    a = torch.zeros(n, mapsize, mapsize, dtype=torch.float64, device=rng.device)
+    step, wibble = mapsize, 100.0
+
+    def jitter(shape: torch.Size) -> torch.Tensor:
+        return wibble * rng.uniform(tuple(shape), -wibble, wibble, dtype=torch.float64)
+
+    while step >= 2:
+        half = step // 2
+        corner = a[:, 0::step, 0::step]
+        sq = corner + torch.roll(corner, -1, dims=1)
+        sq = sq + torch.roll(sq, -1, dims=2)
+        a[:, half::step, half::step] = sq / 4 + jitter(sq.shape)
+        dr = a[:, half::step, half::step]
+        ul = a[:, 0::step, 0::step]
+        lt = dr + torch.roll(dr, 1, dims=1) + ul + torch.roll(ul, -1, dims=2)
+        a[:, 0::step, half::step] = lt / 4 + jitter(lt.shape)
+        tt = dr + torch.roll(dr, 1, dims=2) + ul + torch.roll(ul, -1, dims=1)
+        a[:, half::step, 0::step] = tt / 4 + jitter(tt.shape)
+        step //= 2
+        wibble /= wibbledecay
+    a = a - a.amin(dim=(1, 2), keepdim=True)
+    return a / a.amax(dim=(1, 2), keepdim=True)
+
+
+# ----------------------------------------------------------------------------- OpenCV pieces used by spatter
+
+
+def cv_round(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``saturate_cast<uchar>``: round half to even, clamp to 0..255."""
+    return torch.round(x).clamp(0, 255)
+
+
+def box3(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``blur(x, (3, 3))`` (normalised box, border reflect-101) on (N, C, H, W), float."""
+    k = torch.full((3,), 1.0 / 3.0, dtype=torch.float64)
+    return separable(x, k, k, "reflect101")
+
+
+def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """OpenCV ``Canny(img, low, high)`` (aperture 3, L1 gradient) on 8-bit values (N, 1, H, W).
+
+    Sobel with replicated borders, non-maximum suppression in 4 directions (OpenCV's
+    tan(22.5) sectors and its > / >= tie rules), then hysteresis over 8-neighbourhoods.
+    Returns a bool edge map (N, 1, H, W).
+    """
+    n, _, h, w = img.shape
+    p = pad2d(img.to(torch.float64), 1, 1, "edge")
+    dx = (p[..., :-2, 2:] + 2 * p[..., 1:-1, 2:] + p[..., 2:, 2:]) - (
+        p[..., :-2, :-2] + 2 * p[..., 1:-1, :-2] + p[..., 2:, :-2]
+    )
+    dy = (p[..., 2:, :-2] + 2 * p[..., 2:, 1:-1] + p[..., 2:, 2:]) - (
+        p[..., :-2, :-2] + 2 * p[..., :-2, 1:-1] + p[..., :-2, 2:]
+    )
+    mag = dx.abs() + dy.abs()
+    mp = F.pad(mag, (1, 1, 1, 1))  # magnitude outside the image is 0
+
+    def nb(dr: int, dc: int) -> torch.Tensor:
+        return mp[..., 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+
+    xs, ys = dx.abs(), dy.abs()
+    tg22 = xs * 0.4142135623730950488
+    tg67 = tg22 + 2 * xs
+    horiz = ys < tg22
+    vert = ~horiz & (ys > tg67)
+    diag = ~horiz & ~vert
+    s_neg = (dx * dy) < 0  # OpenCV: s = (dx ^ dy) < 0 ? -1 : 1
+    keep_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
+    keep_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
+    keep_d = torch.where(s_neg, (mag > nb(-1, 1)) & (mag > nb(1, -1)), (mag > nb(-1, -1)) & (mag > nb(1, 1)))
+    maxima = (mag > low) & ((horiz & keep_h) | (vert & keep_v) | (diag & keep_d))
+    strong = maxima & (mag > high)
+    edges = strong
+    for _ in range(h * w):
+        grown = maxima & (F.max_pool2d(edges.to(torch.float32), 3, stride=1, padding=1) > 0)
+        grown = grown | edges
+        if torch.equal(grown, edges):
+            break
+        edges = grown
+    return edges
+
+
+_CHAMFER5 = (
+    [((dr, dc), 1.0) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0))]
+    + [((dr, dc), 1.4) for dr, dc in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+    + [((dr, dc), 2.1969) for dr, dc in ((1, 2), (2, 1), (-1, 2), (-2, 1), (1, -2), (2, -1), (-1, -2), (-2, -1))]
+)
+
+
+def distance_transform(zero: torch.Tensor, cap: float) -> torch.Tensor:
+    """OpenCV ``distanceTransform(DIST_L2, 5)`` up to ``cap``: chamfer distance (a=1, b=1.4, c=2.1969).
+
+    ``zero`` (N, 1, H, W) bool marks the source pixels (value 0 in OpenCV's input). Distances are
+    computed exactly up to ``cap`` and saturate at ``cap`` beyond (outside the image is no source).
+    """
+    big = cap + 10.0
+    d = torch.where(zero, torch.zeros_like(zero, dtype=torch.float64), torch.full_like(zero, big, dtype=torch.float64))
+    _, _, h, w = d.shape
+    for _ in range(int(cap) + 2):
+        dp = F.pad(d, (2, 2, 2, 2), value=big)
+        new = d
+        for (dr, dc), wgt in _CHAMFER5:
+            new = torch.minimum(new, dp[..., 2 + dr : 2 + dr + h, 2 + dc : 2 + dc + w] + wgt)
+        if torch.equal(new, d):
+            break
+        d = new
+    return d.clamp(max=cap)
+
+
+def equalize_hist(img: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``equalizeHist`` per image on 8-bit values (N, 1, H, W) (float holding integers)."""
+    n = img.shape[0]
+    v = img.reshape(n, -1).long()
+    total = v.shape[1]
+    hist = torch.zeros(n, 256, dtype=torch.long, device=img.device).scatter_add_(1, v, torch.ones_like(v))
+    first = (hist > 0).long().argmax(dim=1, keepdim=True)  # (N, 1)
+    h_first = hist.gather(1, first)
+    scale = 255.0 / (total - h_first).clamp(min=1).to(torch.float32)  # (N, 1), float32 as OpenCV
+    csum = torch.cumsum(hist, dim=1) - hist.gather(1, first).expand(-1, 256).where(
+        torch.arange(256, device=img.device)[None] >= first, torch.zeros_like(hist)
+    )
+    lut = cv_round(csum.to(torch.float32) * scale)
+    lut = torch.where(torch.arange(256, device=img.device)[None] <= first, torch.zeros_like(lut), lut)
+    out = lut.gather(1, v).to(img.dtype).reshape(img.shape)
+    const = (h_first == total).view(n, 1, 1, 1)
+    return torch.where(const, first.view(n, 1, 1, 1).to(img.dtype).expand_as(img), out)
