@@ -38,14 +38,14 @@ def check_on_bad_file(on_bad_file: str) -> None:
 
 def scan_class_folders(
     class_dirs: list[tuple[str, Path]], *, on_bad_file: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
-) -> tuple[list[tuple[Path, int]], list[tuple[str, int, int]], list[str]]:
+) -> tuple[list[tuple[str, int]], list[tuple[str, int, int]], list[str]]:
     """List the images of each ``(class name, folder)``.
 
     Returns ``(items, stats, skipped)``: items = (path, label) in load order; stats =
     (relative path, size, mtime_ns) of every entry, the cache key's input; skipped = non-image files.
     Raises DatasetError for an empty class folder, or for a non-image file when ``on_bad_file="error"``.
     """
-    items: list[tuple[Path, int]] = []
+    items: list[tuple[str, int]] = []
     stats: list[tuple[str, int, int]] = []
     skipped: list[str] = []
     for label, (cls, folder) in enumerate(class_dirs):
@@ -60,7 +60,7 @@ def scan_class_folders(
             st = e.stat()
             stats.append((f"{cls}/{e.name}", st.st_size, st.st_mtime_ns))
             if e.name.lower().endswith(extensions):
-                items.append((Path(e.path), label))
+                items.append((e.path, label))  # str: building 10^5 Path objects costs more than the cached load
             elif on_bad_file == "error":
                 raise DatasetError(
                     f"non-image file {e.path} (images must end in {', '.join(extensions)}); "
@@ -74,7 +74,7 @@ def scan_class_folders(
 
 
 def decode_images(
-    items: list[tuple[Path, int]], *, on_bad_file: str, size: tuple[int, int] | None = None
+    items: list[tuple[str | Path, int]], *, on_bad_file: str, size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode ``items`` = (path, label) to RGB uint8 (N, H, W, 3) and int64 labels (N,).
 
