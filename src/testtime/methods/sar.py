@@ -1,0 +1,177 @@
+"""``sar``: sharpness-aware and reliable entropy minimisation with model recovery.
+
+Niu, Wu, Zhang, Wen, Chen, Zhao and Tan, "Towards Stable Test-Time Adaptation in Dynamic Wild
+World", ICLR 2023 (official code: mr-eggplant/SAR).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from testtime.losses.entropy import softmax_entropy
+from testtime.methods.base import Method, MethodConfig, Requirements, register_method, use_batch_statistics
+from testtime.methods.tent import confident_example_model
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class SARConfig(MethodConfig):
+    """SAR's defaults (mr-eggplant/SAR ``sar.py`` / ``main.py``).
+
+    - ``e_margin``: E_0 of Eq. 2; ``None`` means ``e_margin_scale * ln C`` (0.4 ln 1000 in the paper).
+    - ``rho``: the SAM neighbourhood radius of Eq. 4 (0.05).
+    - ``reset_constant``: e_m, recover the source weights when the moving average of the loss drops
+      below it (0.2, Section 4); ``ema_momentum`` 0.9 is that moving average's momentum.
+    - ``exclude``: adapted-parameter name fragments that are skipped (the code leaves the top stage of a
+      ResNet-50 frozen: ``layer4``; in this package's 4-stage ResNets that stage is ``encoder.layers.3.``;
+      CIFAR ResNets have 3 stages, so nothing is skipped there).
+    - base optimiser: SGD, lr 0.00025, momentum 0.9 (batch size >= 32).
+    """
+
+    steps: int = 1
+    lr: float = 0.00025
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    e_margin: float | None = None
+    e_margin_scale: float = 0.4
+    rho: float = 0.05
+    reset_constant: float = 0.2
+    ema_momentum: float = 0.9
+    exclude: tuple[str, ...] = ("layer4", "encoder.layers.3.")
+
+
+@register_method("sar")
+class SAR(Method):
+    """SAR (Niu et al., ICLR 2023): entropy minimisation over the affine parameters of the norm
+    layers (BN, GN or LN) that (i) keeps only samples whose entropy is below E_0 = 0.4 ln C (Eq. 2),
+    (ii) minimises the sharpness-aware objective of Eq. 3 with one SAM step: perturb the weights
+    by ``eps = rho g / ||g||`` (Eq. 4), recompute the filtered entropy there (filtering again), and
+    apply that gradient at the original weights (Eq. 5), and (iii) recovers the source weights and
+    optimiser state when the moving average of the second-pass loss falls below e_m = 0.2 (model
+    collapse). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
+    setting; meaningful with GN/LN models). Predictions are from the first forward (before the update).
+
+    Example::
+
+        m = create_method("sar", create_model("resnet26", 10, norm="group"))
+        logits = m(x)      # SAM step on the norm affine parameters, recovery when the loss collapses
+    """
+
+    Config = SARConfig
+    requirements = Requirements(adapts="norm-layer affine (BN/GN/LN gamma, beta), SAM update")
+    default_order = "before"
+
+    def check_model(self, model: nn.Module) -> None:
+        if not any(isinstance(m, NORM_LAYERS) for m in model.modules()):
+            raise ValueError("method 'sar' adapts the affine parameters of normalisation layers "
+                             "(BatchNorm/GroupNorm/LayerNorm) but the model has none")
+        c = self.config
+        if c.rho <= 0 or not 0 <= c.ema_momentum < 1:
+            raise ValueError(f"sar: need rho > 0 and 0 <= ema_momentum < 1; got rho={c.rho}, "
+                             f"ema_momentum={c.ema_momentum}")
+
+    @classmethod
+    def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:
+        """A ResNet-8 with a sharpened head, so that some samples pass the entropy filter E < E_0."""
+        return confident_example_model(num_classes, in_chans)
+
+    def configure(self) -> None:
+        self.model.train()
+        self.model.requires_grad_(False)
+        use_batch_statistics(self.model)
+        for name, m in self.model.named_modules():
+            if isinstance(m, NORM_LAYERS) and not any(f in name + "." for f in self.config.exclude):
+                for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+                    if p is not None:
+                        p.requires_grad_(True)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError("method 'sar': every normalisation layer is excluded by config.exclude "
+                             f"{self.config.exclude}; nothing to adapt")
+        # Declared state: the moving average of the second-pass loss and whether it has started.
+        self.register_state("ema", torch.zeros((), dtype=torch.float64))
+        self.register_state("has_ema", torch.zeros((), dtype=torch.bool))
+        self._pending: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self.recoveries = 0  # diagnostic, not state
+
+    def params(self) -> Iterable[tuple[str, nn.Parameter]]:
+        ids = {id(p) for p in self.model.parameters() if p.requires_grad}
+        return [(n, p) for n, p in self.named_parameters() if id(p) in ids]
+
+    def e0(self, num_classes: int) -> float:
+        c = self.config
+        return float(c.e_margin) if c.e_margin is not None else c.e_margin_scale * math.log(num_classes)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        logits = self.model(x)  # (B, K)
+        ent = softmax_entropy(logits)  # (B,)
+        e0 = self.e0(logits.shape[1])
+        reliable = ent < e0  # Eq. 2, first pass
+        if not reliable.any():
+            return None, logits  # nothing reliable: no update on this batch
+        self._pending = (x, reliable, e0)
+        return ent[reliable].mean(), logits
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """SAM (Eq. 4-5): gradient at the original weights, ascend to ``w + eps``, take the gradient of
+        the (re-filtered) entropy there, return to ``w`` and let the base optimiser step with it."""
+        assert self.optimizer is not None and self._pending is not None
+        x, reliable, e0 = self._pending
+        self._pending = None
+        params = self._params
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_norm = torch.norm(torch.stack([g.norm(2) for g in grads]), 2)
+        scale = self.config.rho / (grad_norm + 1e-12)
+        old = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.add_(p.grad * scale)  # w + eps(w)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast(x):
+            ent2 = softmax_entropy(self.model(x))[reliable]  # (R,)
+        keep = ent2 < e0  # filter again at the perturbed weights
+        if keep.any():
+            loss2 = ent2[keep].mean()
+            value = float(loss2.detach())
+            if math.isfinite(value):
+                self._update_ema(value)
+            loss2.backward()
+        with torch.no_grad():
+            for p, o in zip(params, old):
+                p.copy_(o)  # back to w
+        if keep.any():
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _update_ema(self, value: float) -> None:
+        if bool(self.has_ema):
+            m = self.config.ema_momentum
+            self.ema.mul_(m).add_((1 - m) * value)
+        else:
+            self.ema.fill_(value)
+            self.has_ema.fill_(True)
+
+    def after_step(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        """Model recovery: source weights and optimiser state back when the loss EMA < e_m (the EMA stays)."""
+        if bool(self.has_ema) and float(self.ema) < self.config.reset_constant:
+            self.recover()
+
+    def recover(self) -> None:
+        assert self._snapshot is not None
+        keep = {k: v.clone() for k, v in self.state_dict().items() if k in ("ema", "has_ema")}
+        state = dict(self._snapshot["state"])
+        state.update(keep)
+        self.load_state_dict(state, strict=True)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optim"]))
+        self.recoveries += 1
