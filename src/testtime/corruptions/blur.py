@@ -25,39 +25,56 @@ def defocus_blur(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch
     return _ops.correlate2d(x, _ops.disk_kernel(float(p[0]), float(p[1])), "reflect101")
 
 
+def glass_shuffle(x: torch.Tensor, delta: int, offsets: torch.Tensor) -> torch.Tensor:
+    """The generator's local pixel "swap" loop, with its numpy semantics, on (N, C, H, W).
+
+    The loop visits rows ``H - d .. d + 1`` and, inside each, columns ``W - d .. d + 1`` (both
+    descending) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` with
+    ``(h', w') = (h + dy, w + dx)``. On numpy arrays the right-hand side holds *views*, so this
+    copies ``x[h', w']`` into ``x[h, w]`` and leaves ``x[h', w']`` unchanged: a sequential copy,
+    not a swap. ``offsets`` (iterations, positions, 2, N) holds (dx, dy) per visit and image,
+    in visiting order. With d = 1 every source is still unvisited when read, so one iteration is
+    one gather; larger d runs the sequential loop, vectorised over the batch.
+    """
+    n, c, h, w = x.shape
+    rows = torch.arange(h - delta, delta, -1, device=x.device)  # visiting order
+    cols = torch.arange(w - delta, delta, -1, device=x.device)
+    if len(rows) == 0 or len(cols) == 0:
+        return x
+    flat = x.reshape(n, c, h * w).clone()  # (N, C, HW)
+    for it in range(offsets.shape[0]):
+        dx = offsets[it, :, 0].T.reshape(n, len(rows), len(cols))  # (N, rows, cols)
+        dy = offsets[it, :, 1].T.reshape(n, len(rows), len(cols))
+        dst = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (P,)
+        src = ((rows[None, :, None] + dy) * w + (cols[None, None, :] + dx)).reshape(n, -1)  # (N, P)
+        if delta == 1:
+            index = torch.arange(h * w, device=x.device).repeat(n, 1)  # (N, HW): identity
+            index[:, dst] = src
+            flat = flat.gather(2, index[:, None, :].expand(n, c, h * w))
+        else:
+            ar = torch.arange(n, device=x.device)
+            for k in range(len(dst)):
+                flat[:, :, dst[k]] = flat[ar, :, src[:, k]]
+    return flat.reshape(n, c, h, w)
+
+
 @CORRUPTIONS.register("glass_blur", family="blur", random=True, rgb=False)
 def glass_blur(x: torch.Tensor, p: tuple[float, int, int], ctx: Context) -> torch.Tensor:
     """Gaussian blur, local pixel shuffling, Gaussian blur again. p = (sigma, max_delta, iterations).
 
-    The shuffle visits rows ``H - d .. d + 1`` and columns ``W - d .. d + 1`` (descending) and swaps
-    each pixel with the one at offset ``(dy, dx)`` drawn from ``[-d, d)`` (the generator's
-    ``np.random.randint(-d, d)``); swaps are sequential, so this loops over positions and is
-    vectorised over the batch. With uint8 input the blurred image is truncated to 8 bits before
-    shuffling, as the generator's ``np.uint8`` cast does.
+    Offsets (dx, dy) are drawn from ``[-d, d)`` (``np.random.randint(-d, d)``) per visited
+    position and image; see :func:`glass_shuffle` for the shuffle. With uint8 input the blurred
+    image is truncated to 8 bits before shuffling, as the generator's ``np.uint8`` cast does.
     """
     sigma, delta, iters = float(p[0]), int(p[1]), int(p[2])
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     y = _ops.gaussian_filter(x, sigma, truncate=4.0, mode="edge")
     if ctx.quantized:
         y = torch.floor(y * 255 + 1e-4).clamp(0, 255) / 255
-    flat = y.reshape(n, c, h * w).clone()  # (N, C, HW)
-    rows = range(h - delta, delta, -1)
-    cols = range(w - delta, delta, -1)
-    npos = len(rows) * len(cols)
-    if npos > 0:
-        d = ctx.rng.randint(-delta, delta, (iters, npos, 2, n))  # dx, dy per position and image
-        ar = torch.arange(n, device=x.device)
-        for it in range(iters):
-            k = 0
-            for hh in rows:
-                for ww in cols:
-                    i1 = hh * w + ww
-                    i2 = (hh + d[it, k, 1]) * w + (ww + d[it, k, 0])  # (N,)
-                    v1 = flat[:, :, i1].clone()  # (N, C)
-                    flat[:, :, i1] = flat[ar, :, i2]
-                    flat[ar, :, i2] = v1
-                    k += 1
-    return _ops.gaussian_filter(flat.reshape(n, c, h, w), sigma, truncate=4.0, mode="edge")
+    npos = max(h - 2 * delta, 0) * max(w - 2 * delta, 0)
+    offsets = ctx.rng.randint(-delta, delta, (iters, npos, 2, n))
+    y = glass_shuffle(y, delta, offsets)
+    return _ops.gaussian_filter(y, sigma, truncate=4.0, mode="edge")
 
 
 @CORRUPTIONS.register("motion_blur", family="blur", random=True, rgb=False)

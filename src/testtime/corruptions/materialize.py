@@ -1,0 +1,221 @@
+"""Write corrupted test sets to disk in the published CIFAR-10-C layout, resumably and atomically.
+
+Layout (Hendrycks & Dietterich, ICLR 2019; CIFAR-10-C / CIFAR-100-C releases)::
+
+    OUT/<corruption>.npy   uint8 (S * N, H, W, C): the S severities stacked in blocks of N, test-set order
+    OUT/labels.npy         (S * N,) the labels repeated per block (uint8 when < 256 classes, as released)
+    OUT/corruptions.json   the settings (source, seed, parameter set, severities, chunk size, checksums)
+
+With all five severities the files are exactly the release's layout (readable by
+``testtime.data.load_dataset("cifar10-c", root=OUT, corruption=..., severity=...)``); with a subset
+of severities the blocks are the chosen ones in increasing order, as ``corruptions.json`` says.
+
+Every file is written under a temporary name in ``OUT`` and renamed into place, so an
+interrupted run leaves no half-written file; a rerun with the same settings skips what is done
+(finished corruptions, and finished severity blocks kept in ``OUT/.partial/``).
+
+Example::
+
+    >>> materialize(split, "/data/CIFAR-10-C-mine", corruptions=["fog"], severities=[5], seed=0)
+    [PosixPath('/data/CIFAR-10-C-mine/fog.npy')]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from testtime.corruptions.core import check_name, check_severity
+from testtime.corruptions.dataset import DEFAULT_CHUNK, CorruptedSplit
+from testtime.corruptions.params import PARAM_SETS, resolve_params
+from testtime.data.split import ImageSplit
+
+MANIFEST = "corruptions.json"
+FORMAT = "testtime-corruptions/1"
+
+
+def _atomic(path: Path, write) -> None:
+    """Write ``path`` through ``write(tmp_path)`` then ``os.replace`` (same folder)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    _atomic(path, write)
+
+
+def _npy_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return False
+    return arr.shape == shape and arr.dtype == dtype
+
+
+def plan(
+    split: ImageSplit,
+    out: str | os.PathLike,
+    *,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    seed: int,
+    params: str | None,
+    chunk_size: int,
+) -> dict:
+    """Validate everything and return the settings record; raises before anything is written."""
+    if not isinstance(split, ImageSplit):
+        raise ValueError(f"split: expected an ImageSplit, got {type(split).__name__}")
+    names = [check_name(c) for c in corruptions]
+    if not names:
+        raise ValueError("corruptions: at least one corruption is needed")
+    if len(set(names)) != len(names):
+        raise ValueError(f"corruptions: listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    sevs = sorted({check_severity(s) for s in severities})
+    if not sevs:
+        raise ValueError("severities: at least one severity is needed")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    if params is not None and params not in PARAM_SETS:
+        raise ValueError(f"params: unknown parameter set {params!r}; valid: {', '.join(PARAM_SETS)}")
+    h, w = split.image_size
+    pset = resolve_params(params, h, w)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    digest = hashlib.sha256(np.ascontiguousarray(split.images).data).hexdigest()
+    record = {
+        "format": FORMAT,
+        "source": split.name,
+        "num_images": len(split),
+        "image_shape": list(split.images.shape[1:]),
+        "classes": list(split.classes),
+        "clean_sha256": digest,
+        "labels_sha256": hashlib.sha256(np.ascontiguousarray(split.labels).data).hexdigest(),
+        "seed": int(seed),
+        "params": pset,
+        "severities": sevs,
+        "chunk_size": chunk_size,
+    }
+    old = out / MANIFEST
+    if old.is_file():
+        try:
+            prev = json.loads(old.read_text())
+        except (ValueError, OSError):
+            raise ValueError(f"out: {old} is unreadable; use another --out folder") from None
+        diff = [k for k in record if prev.get(k) != record[k]]
+        if diff:
+            raise ValueError(
+                f"out: {out} holds a run with different settings ({', '.join(diff)}); use another folder or remove it"
+            )
+        record["corruptions"] = [c for c in prev.get("corruptions", []) if c not in names] + names
+    else:
+        record["corruptions"] = names
+    return record
+
+
+def materialize(
+    split: ImageSplit,
+    out: str | os.PathLike,
+    *,
+    corruptions: Sequence[str],
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    seed: int = 0,
+    params: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    device: str | torch.device = "cpu",
+    grey_as_rgb: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Corrupt ``split`` by each of ``corruptions`` at ``severities`` and write the published layout.
+
+    Returns the ``<corruption>.npy`` paths (done now or before). Bytes are those of
+    ``CorruptedSplit(split, name, severity, seed, chunk_size=chunk_size)``.
+    """
+    record = plan(
+        split, out, corruptions=corruptions, severities=severities, seed=seed, params=params, chunk_size=chunk_size
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / ".partial"
+    names = [check_name(c) for c in corruptions]
+    sevs = record["severities"]
+    n = len(split)
+    c = 3 if grey_as_rgb else split.channels
+    shape = (len(sevs) * n, *split.image_size, c)
+
+    def write_manifest(tmp: Path) -> None:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+    _atomic(out / MANIFEST, write_manifest)
+    label_dtype = np.uint8 if split.num_classes <= 256 else np.int64
+    labels = np.tile(split.labels, len(sevs)).astype(label_dtype)
+    lpath = out / "labels.npy"
+    if not (_npy_ok(lpath, labels.shape, np.dtype(label_dtype)) and np.array_equal(np.load(lpath), labels)):
+        _save_npy(lpath, labels)
+
+    todo = [name for name in names if not _npy_ok(out / f"{name}.npy", shape, np.dtype(np.uint8))]
+    blocks_left = [
+        (name, s) for name in todo for s in sevs if not _npy_ok(partial / f"{name}-{s}.npy", (n, *shape[1:]), np.uint8)
+    ]
+    bar = tqdm(total=len(blocks_left) * n, unit="img", desc="corrupt", disable=not progress, dynamic_ncols=True)
+    paths = []
+    try:
+        for name in names:
+            final = out / f"{name}.npy"
+            paths.append(final)
+            if name not in todo:
+                continue
+            partial.mkdir(exist_ok=True)
+            for s in sevs:
+                part = partial / f"{name}-{s}.npy"
+                if (name, s) not in blocks_left:
+                    continue
+                bar.set_postfix_str(f"{name} {s}")
+                cs = CorruptedSplit(
+                    split, name, s, seed, params=record["params"], chunk_size=chunk_size, device=device,
+                    grey_as_rgb=grey_as_rgb,
+                )  # fmt: skip
+                block = np.empty((n, *shape[1:]), dtype=np.uint8)
+                for k in range(cs.num_chunks):
+                    lo = k * chunk_size
+                    arr = cs.chunk(k)
+                    block[lo : lo + len(arr)] = arr
+                    bar.update(len(arr))
+                _save_npy(part, block)
+
+            def assemble(tmp: Path, name: str = name) -> None:
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                for i, s in enumerate(sevs):
+                    mm[i * n : (i + 1) * n] = np.load(partial / f"{name}-{s}.npy", allow_pickle=False)
+                mm.flush()
+                del mm
+
+            _atomic(final, assemble)
+            for s in sevs:
+                (partial / f"{name}-{s}.npy").unlink(missing_ok=True)
+    finally:
+        bar.close()
+    if partial.is_dir() and not any(partial.iterdir()):
+        shutil.rmtree(partial)
+    return paths
