@@ -59,6 +59,7 @@ class CoTTA(Method):
         logits = m(x)          # teacher prediction; student, teacher and restore updated
     """
 
+    paper = 'Wang et al., "Continual Test-Time Domain Adaptation", CVPR 2022'
     Config = CoTTAConfig
     requirements = Requirements(adapts="all parameters (student), EMA teacher, stochastic restore", views="cotta-aug")
     default_order = "before"

@@ -62,6 +62,7 @@ class EATA(Method):
         logits = m(x)
     """
 
+    paper = 'Niu et al., "Efficient Test-Time Model Adaptation without Forgetting", ICML 2022'
     Config = EATAConfig
     requirements = Requirements(
         adapts="BN affine (gamma, beta); BN uses test-batch statistics",

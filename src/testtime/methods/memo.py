@@ -46,6 +46,7 @@ class MEMO(Method):
         logits = m(x)                         # (B, K), each image adapted from the source weights
     """
 
+    paper = 'Zhang et al., "MEMO: Test Time Robustness via Adaptation and Augmentation", NeurIPS 2022'
     Config = MEMOConfig
     requirements = Requirements(adapts="all parameters, reset to the source for every image", views="augmix")
     default_order = "after"

@@ -64,6 +64,7 @@ class SAR(Method):
         logits = m(x)      # SAM step on the norm affine parameters, recovery when the loss collapses
     """
 
+    paper = 'Niu et al., "Towards Stable Test-Time Adaptation in Dynamic Wild World", ICLR 2023'
     Config = SARConfig
     requirements = Requirements(adapts="norm-layer affine (BN/GN/LN gamma, beta), SAM update")
     default_order = "before"

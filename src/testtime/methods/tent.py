@@ -67,6 +67,7 @@ class Tent(Method):
         logits = m(x)                      # (B, K), adapts gamma/beta of every BN layer
     """
 
+    paper = 'Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization", ICLR 2021'
     Config = TentConfig
     requirements = Requirements(adapts="BN affine (gamma, beta); BN uses test-batch statistics", needs_bn=True)
     default_order = "before"
