@@ -80,27 +80,49 @@ def pad2d(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
     return x.index_select(2, rows).index_select(3, cols)
 
 
-def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
-    """Same-size 2-D correlation of every channel of (N, C, H, W) with one (kh, kw) kernel.
+@lru_cache(maxsize=256)
+def _filter_matrix(n: int, taps: tuple[float, ...], mode: str) -> torch.Tensor:
+    """(n, n) float64 matrix A such that ``A @ v`` is the same-size correlation of v with ``taps``
+    (odd length), the border ``mode`` folded in (out-of-range taps land on their mapped index)."""
+    r = len(taps) // 2
+    a = torch.zeros(n, n, dtype=torch.float64)
+    src = map_index(torch.arange(-r, n + r), n, mode).tolist()
+    for o in range(n):
+        for j, kj in enumerate(taps):
+            a[o, src[o + j]] += kj
+    return a
 
-    The kernel's centre is at ((kh - 1) / 2, (kw - 1) / 2); kh and kw must be odd.
-    """
-    n, c, h, w = x.shape
-    kh, kw = kernel.shape
-    xp = pad2d(x, kh // 2, kw // 2, mode).reshape(n * c, 1, h + kh - 1, w + kw - 1)  # (NC, 1, H', W')
-    k = kernel.to(device=x.device, dtype=x.dtype)[None, None]  # (1, 1, kh, kw)
-    return F.conv2d(xp, k).reshape(n, c, h, w)
+
+def filter_matrix(n: int, taps: torch.Tensor, mode: str, like: torch.Tensor) -> torch.Tensor:
+    """:func:`_filter_matrix` on ``like``'s device and dtype."""
+    key = tuple(float(t) for t in taps.tolist())
+    return _filter_matrix(n, key, mode).to(device=like.device, dtype=like.dtype)
 
 
 def separable(x: torch.Tensor, k_rows: torch.Tensor, k_cols: torch.Tensor, mode: str) -> torch.Tensor:
-    """Correlate with ``k_rows`` along H then ``k_cols`` along W (odd lengths), borders by ``mode``."""
-    n, c, h, w = x.shape
-    rh, rw = len(k_rows) // 2, len(k_cols) // 2
-    y = pad2d(x, rh, 0, mode).reshape(n * c, 1, h + 2 * rh, w)  # (NC, 1, H', W)
-    y = F.conv2d(y, k_rows.to(device=x.device, dtype=x.dtype).view(1, 1, -1, 1))
-    y = pad2d(y, 0, rw, mode)  # (NC, 1, H, W')
-    y = F.conv2d(y, k_cols.to(device=x.device, dtype=x.dtype).view(1, 1, 1, -1))
-    return y.reshape(n, c, h, w)
+    """Correlate (N, C, H, W) with ``k_rows`` along H and ``k_cols`` along W (odd lengths), borders by ``mode``.
+
+    Computed as ``A_h @ x @ A_w^T`` with banded matrices holding the kernel and the border rule.
+    """
+    _, _, h, w = x.shape
+    a_h = filter_matrix(h, k_rows, mode, x)
+    a_w = filter_matrix(w, k_cols, mode, x)
+    return a_h @ x @ a_w.T  # (N, C, H, W)
+
+
+def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Same-size 2-D correlation of every channel of (N, C, H, W) with one (kh, kw) kernel (odd sides).
+
+    The kernel is split by SVD into separable rank-1 terms (exact up to float round-off), each
+    applied with :func:`separable`.
+    """
+    u, sv, vh = torch.linalg.svd(kernel.to(torch.float64))
+    out = torch.zeros_like(x)
+    for r in range(len(sv)):
+        if sv[r] <= sv[0] * 1e-12:
+            break
+        out = out + separable(x, u[:, r] * sv[r], vh[r], mode)
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -219,27 +241,15 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """scikit-image ``hsv2rgb`` on (N, 3, H, W)."""
-    h, s, v = x[:, 0], x[:, 1], x[:, 2]
-    hi = torch.floor(h * 6)
-    f = h * 6 - hi
-    p = v * (1 - s)
-    q = v * (1 - f * s)
-    t = v * (1 - (1 - f) * s)
-    hi = torch.remainder(hi, 6).long()
-    table = torch.stack(
-        [
-            torch.stack((v, t, p), 1),
-            torch.stack((q, v, p), 1),
-            torch.stack((p, v, t), 1),
-            torch.stack((p, q, v), 1),
-            torch.stack((t, p, v), 1),
-            torch.stack((v, p, q), 1),
-        ],
-        0,
-    )  # (6, N, 3, H, W)
-    idx = hi[None, :, None].expand(1, *table.shape[1:])  # (1, N, 3, H, W)
-    return table.gather(0, idx)[0]
+    """scikit-image ``hsv2rgb`` on (N, 3, H, W), in its branch-free form.
+
+    Channel n in (5, 3, 1) for (r, g, b): ``v - v * s * clip(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + 6 h) mod 6``: the values of scikit-image's sector table (p, q, t, v).
+    """
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + h * 6, 6)  # (N, 3, H, W)
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -283,21 +293,31 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.
     """ImageMagick ``-motion-blur radius x sigma + angle`` on (N, C, H, W), one angle per image.
 
     Out-of-image taps read the nearest edge pixel (ImageMagick's default ``edge`` virtual pixel
-    method). Returns the unquantised weighted sum (N, C, H, W).
+    method). Images sharing the same tap-offset table are blurred together with shifted slices of
+    an edge-padded copy. Returns the unquantised weighted sum (N, C, H, W).
     """
-    n, c, h, w = x.shape
-    k = motion_kernel(radius, sigma).to(x.dtype)
-    dx, dy = motion_offsets(len(k), angles_deg.cpu())
-    dx, dy = dx.to(x.device), dy.to(x.device)
-    flat = x.reshape(n, c, h * w)  # (N, C, HW)
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    out = torch.zeros_like(x)
-    for i in range(len(k)):
-        yy = (rows + dy[:, i].view(n, 1, 1)).clamp(0, h - 1)
-        xx = (cols + dx[:, i].view(n, 1, 1)).clamp(0, w - 1)
-        idx = (yy * w + xx).reshape(n, 1, h * w).expand(n, c, h * w)  # (N, C, HW)
-        out += float(k[i]) * flat.gather(2, idx).reshape(n, c, h, w)
+    _, _, h, w = x.shape
+    k = motion_kernel(radius, sigma).tolist()
+    width = len(k)
+    dx, dy = motion_offsets(width, angles_deg.cpu())  # (N, width) each
+    tables, inverse = torch.unique(torch.cat((dx, dy), dim=1), dim=0, return_inverse=True)
+    pad = width
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (N, C, H + 2P, W + 2P)
+    out = torch.empty_like(x)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=len(tables)).tolist()
+    start = 0
+    for t, cnt in enumerate(counts):
+        if cnt == 0:
+            continue
+        sel = order[start : start + cnt].to(x.device)
+        start += cnt
+        xs = xp.index_select(0, sel)
+        tdx, tdy = tables[t, :width].tolist(), tables[t, width:].tolist()
+        acc = k[0] * xs[:, :, pad + tdy[0] : pad + tdy[0] + h, pad + tdx[0] : pad + tdx[0] + w]
+        for i in range(1, width):
+            acc = acc + k[i] * xs[:, :, pad + tdy[i] : pad + tdy[i] + h, pad + tdx[i] : pad + tdx[i] + w]
+        out.index_copy_(0, sel, acc)
     return out
 
 
