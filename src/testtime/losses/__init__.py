@@ -7,6 +7,9 @@
 
 from testtime.losses.alignment import cross_encoder_alignment
 from testtime.losses.cross_entropy import cross_entropy
+from testtime.losses.entropy import soft_cross_entropy as soft_cross_entropy
+from testtime.losses.entropy import softmax_entropy as softmax_entropy
+from testtime.losses.marginal_entropy import marginal_entropy as marginal_entropy
 from testtime.losses.nt_xent import nt_xent
 
 __all__ = ["cross_encoder_alignment", "cross_entropy", "nt_xent"]
