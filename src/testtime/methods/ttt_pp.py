@@ -118,8 +118,19 @@ class TTTPlusPlus(Method):
                               proj_dim=16, in_chans=in_chans)
         g = torch.Generator().manual_seed(0)
         images = (torch.rand(64, 32, 32, in_chans, generator=g) * 255).to(torch.uint8).numpy()
+        # BN running statistics of these images (cumulative average), so that eval-mode features
+        # are normalised as after training and their statistics are not degenerate
+        bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        with torch.no_grad():
+            model.encoder(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+        for bn in bns:
+            bn.momentum = 0.1
         compute_source_statistics(model, images, batch_size=16)
-        return model
+        return model.eval()
 
     def check_model(self, model: nn.Module) -> None:
         m = check_aux_model(self.name, model, "simclr", "a SimCLR projector")
