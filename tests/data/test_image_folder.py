@@ -23,6 +23,13 @@ def test_real_cifar10_jpeg_test_split(cifar10_jpeg, tmp_path):
     assert np.array_equal(again.labels, s.labels)
 
 
+@pytest.mark.slow
+def test_real_cifar10_jpeg_train_split(cifar10_jpeg, tmp_path):
+    s = load_dataset("imagefolder", "train", root=cifar10_jpeg, cache_dir=tmp_path / "c")
+    assert s.images.shape == (50000, 32, 32, 3) and np.bincount(s.labels).tolist() == [5000] * 10
+    assert 100 < s.images.mean() < 140  # natural images (CIFAR-10 mean is about 121), not noise
+
+
 def test_tree_roundtrip_sorted_classes(tmp_path):
     written = write_image_tree(tmp_path / "tree", {"zebra": 2, "ant": 3})
     s = load_dataset("imagefolder", root=tmp_path / "tree")

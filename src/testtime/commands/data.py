@@ -88,7 +88,8 @@ def _info(args: argparse.Namespace) -> int:
         kw["corruption"] = args.corruption
     if args.severity is not None:
         kw["severity"] = args.severity
-    split = args.split or ("val" if args.name == "tiny-imagenet" else "test")
+    splits = DATASETS.get(args.name).splits
+    split = args.split or ("test" if splits is None or "test" in splits else splits[-1])
     s = load_dataset(args.name, split, root=args.root, **kw)
     counts = np.bincount(s.labels, minlength=s.num_classes)
     print(
@@ -127,7 +128,7 @@ def register(subparsers) -> None:
 
     pi = sub.add_parser("info", help="load one split and print its size, classes and provenance")
     pi.add_argument("name", metavar="NAME", help=f"one of: {', '.join(list_datasets())}")
-    pi.add_argument("--split", help="split name (default test; tiny-imagenet: val)")
+    pi.add_argument("--split", help="split name (default: test, or the last split the dataset has, e.g. val)")
     pi.add_argument("--root", help="folder holding the dataset")
     pi.add_argument("--corruption", help=f"for the -C sets: one of {', '.join(CORRUPTIONS_ALL)}")
     pi.add_argument("--severity", type=int, help="for the -C sets: 1..5 (default 5)")
