@@ -28,12 +28,10 @@ def _batch(n=8, seed=1):
 
 
 def _fast(name, model):
-    """The method with at most 2 steps, so the contract runs quickly."""
+    """The method with its light example config (at most 2 steps), so the contract runs quickly."""
     from testtime.methods import METHODS
 
-    cfg = METHODS.get(name).Config()
-    over = {"steps": min(cfg.steps, 2)}
-    return create_method(name, model, **over)
+    return create_method(name, model, config=METHODS.get(name).example_config())
 
 
 @pytest.fixture(params=list_methods())

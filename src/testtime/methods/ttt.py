@@ -90,6 +90,11 @@ class TTT(Method):
     config: TTTConfig
 
     @classmethod
+    def example_config(cls) -> TTTConfig:
+        """Contract-test config: 2 steps on 8 copies (the paper's 10 steps on 32 copies stay the default)."""
+        return TTTConfig(steps=2, copies=8)
+
+    @classmethod
     def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:
         from testtime.models import create_model
         from testtime.models.heads import with_aux_head
