@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     sevs = parse_severities(args.severities)
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size: must be positive, got {args.chunk_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers: must be >= 0, got {args.workers}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: must be positive, got {args.limit}")
     if args.grid is not None:
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     paths = materialize(
         split, args.out, corruptions=names, severities=sevs, seed=args.seed, params=args.params,
         chunk_size=args.chunk_size, device=args.device, grey_as_rgb=args.grey_as_rgb, progress=not args.quiet,
+        workers=args.workers,
     )  # fmt: skip
     print(
         f"wrote {len(paths)} corruption files + labels.npy to {args.out} ({len(split)} images x {len(sevs)} severities)"
@@ -152,7 +155,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--chunk-size", type=int, default=1000, help="images per corruption call and per seed (default: 1000)"
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads with --workers 0 (default: torch's)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes, one torch thread each; 0 = in this process (default: min(2, cpus))",
+    )
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--grey-as-rgb", action="store_true", help="repeat 1-channel images to 3 channels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -293,32 +293,33 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.
     """ImageMagick ``-motion-blur radius x sigma + angle`` on (N, C, H, W), one angle per image.
 
     Out-of-image taps read the nearest edge pixel (ImageMagick's default ``edge`` virtual pixel
-    method). Images sharing the same tap-offset table are blurred together with shifted slices of
-    an edge-padded copy. Returns the unquantised weighted sum (N, C, H, W).
+    method). Images are sorted by their tap-offset table; each run of images sharing a table is
+    blurred with shifted slices of an edge-padded copy. Returns the unquantised weighted sum.
     """
     _, _, h, w = x.shape
     k = motion_kernel(radius, sigma).tolist()
     width = len(k)
     dx, dy = motion_offsets(width, angles_deg.cpu())  # (N, width) each
     tables, inverse = torch.unique(torch.cat((dx, dy), dim=1), dim=0, return_inverse=True)
-    pad = width
-    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (N, C, H + 2P, W + 2P)
-    out = torch.empty_like(x)
     order = torch.argsort(inverse, stable=True)
     counts = torch.bincount(inverse, minlength=len(tables)).tolist()
+    pad = width
+    xp = F.pad(x.index_select(0, order.to(x.device)), (pad, pad, pad, pad), mode="replicate")  # sorted, padded
+    out = torch.empty_like(x)
     start = 0
     for t, cnt in enumerate(counts):
         if cnt == 0:
             continue
-        sel = order[start : start + cnt].to(x.device)
-        start += cnt
-        xs = xp.index_select(0, sel)
+        xs = xp[start : start + cnt]
+        acc = out[start : start + cnt]  # a view: filled in place
         tdx, tdy = tables[t, :width].tolist(), tables[t, width:].tolist()
-        acc = k[0] * xs[:, :, pad + tdy[0] : pad + tdy[0] + h, pad + tdx[0] : pad + tdx[0] + w]
+        torch.mul(xs[:, :, pad + tdy[0] : pad + tdy[0] + h, pad + tdx[0] : pad + tdx[0] + w], k[0], out=acc)
         for i in range(1, width):
-            acc = acc + k[i] * xs[:, :, pad + tdy[i] : pad + tdy[i] + h, pad + tdx[i] : pad + tdx[i] + w]
-        out.index_copy_(0, sel, acc)
-    return out
+            acc.add_(xs[:, :, pad + tdy[i] : pad + tdy[i] + h, pad + tdx[i] : pad + tdx[i] + w], alpha=k[i])
+        start += cnt
+    result = torch.empty_like(x)
+    result.index_copy_(0, order.to(x.device), out)  # undo the sort
+    return result
 
 
 # ----------------------------------------------------------------------------- fog

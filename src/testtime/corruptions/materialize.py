@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,38 @@ def plan(
     return record
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str) -> None:
+    torch.set_num_threads(1)  # one process per core: intra-op threads only add contention
+    _WORKER["split"] = ImageSplit(images, labels, classes, name)
+
+
+def _write_block(
+    split: ImageSplit, name: str, severity: int, seed: int, params: str, chunk_size: int, device: str,
+    grey_as_rgb: bool, part: str, on_chunk=None,
+) -> tuple[str, int, int]:  # fmt: skip
+    """Corrupt the whole split at one severity and write it (atomically) to ``part``."""
+    cs = CorruptedSplit(
+        split, name, severity, seed, params=params, chunk_size=chunk_size, device=device, grey_as_rgb=grey_as_rgb
+    )
+    block = None
+    for k in range(cs.num_chunks):
+        arr = cs.chunk(k)
+        if block is None:
+            block = np.empty((len(split), *arr.shape[1:]), dtype=np.uint8)
+        block[k * chunk_size : k * chunk_size + len(arr)] = arr
+        if on_chunk is not None:
+            on_chunk(len(arr))
+    _save_npy(Path(part), block)
+    return name, severity, len(split)
+
+
+def _write_block_in_worker(args: tuple) -> tuple[str, int, int]:
+    return _write_block(_WORKER["split"], *args)
+
+
 def materialize(
     split: ImageSplit,
     out: str | os.PathLike,
@@ -145,16 +179,24 @@ def materialize(
     chunk_size: int = DEFAULT_CHUNK,
     device: str | torch.device = "cpu",
     grey_as_rgb: bool = False,
+    workers: int = 0,
     progress: bool = True,
 ) -> list[Path]:
     """Corrupt ``split`` by each of ``corruptions`` at ``severities`` and write the published layout.
 
+    Args:
+        workers: 0 runs in this process (its torch thread settings); k >= 1 runs the
+            (corruption, severity) blocks in k worker processes with one torch thread each, which
+            is much faster than intra-op threads on a shared CPU.
+
     Returns the ``<corruption>.npy`` paths (done now or before). Bytes are those of
-    ``CorruptedSplit(split, name, severity, seed, chunk_size=chunk_size)``.
+    ``CorruptedSplit(split, name, severity, seed, chunk_size=chunk_size)``, whatever ``workers``.
     """
     record = plan(
         split, out, corruptions=corruptions, severities=severities, seed=seed, params=params, chunk_size=chunk_size
     )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / ".partial"
@@ -174,48 +216,58 @@ def materialize(
     if not (_npy_ok(lpath, labels.shape, np.dtype(label_dtype)) and np.array_equal(np.load(lpath), labels)):
         _save_npy(lpath, labels)
 
+    def part_of(name: str, s: int) -> Path:
+        return partial / f"{name}-{s}.npy"
+
     todo = [name for name in names if not _npy_ok(out / f"{name}.npy", shape, np.dtype(np.uint8))]
-    blocks_left = [
-        (name, s) for name in todo for s in sevs if not _npy_ok(partial / f"{name}-{s}.npy", (n, *shape[1:]), np.uint8)
-    ]
-    bar = tqdm(total=len(blocks_left) * n, unit="img", desc="corrupt", disable=not progress, dynamic_ncols=True)
-    paths = []
+    jobs = [(name, s) for name in todo for s in sevs if not _npy_ok(part_of(name, s), (n, *shape[1:]), np.uint8)]
+    pending = {name: {s for (m, s) in jobs if m == name} for name in todo}
+    if todo:
+        partial.mkdir(exist_ok=True)
+
+    def finish(name: str) -> None:
+        def assemble(tmp: Path) -> None:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            for i, s in enumerate(sevs):
+                mm[i * n : (i + 1) * n] = np.load(part_of(name, s), allow_pickle=False)
+            mm.flush()
+            del mm
+
+        _atomic(out / f"{name}.npy", assemble)
+        for s in sevs:
+            part_of(name, s).unlink(missing_ok=True)
+
+    for name in todo:
+        if not pending[name]:  # all blocks were written by an interrupted run
+            finish(name)
+    bar = tqdm(total=len(jobs) * n, unit="img", desc="corrupt", disable=not progress, dynamic_ncols=True)
+    common = (seed, record["params"], chunk_size, str(device), grey_as_rgb)
     try:
-        for name in names:
-            final = out / f"{name}.npy"
-            paths.append(final)
-            if name not in todo:
-                continue
-            partial.mkdir(exist_ok=True)
-            for s in sevs:
-                part = partial / f"{name}-{s}.npy"
-                if (name, s) not in blocks_left:
-                    continue
+        if workers == 0:
+            for name, s in jobs:
                 bar.set_postfix_str(f"{name} {s}")
-                cs = CorruptedSplit(
-                    split, name, s, seed, params=record["params"], chunk_size=chunk_size, device=device,
-                    grey_as_rgb=grey_as_rgb,
-                )  # fmt: skip
-                block = np.empty((n, *shape[1:]), dtype=np.uint8)
-                for k in range(cs.num_chunks):
-                    lo = k * chunk_size
-                    arr = cs.chunk(k)
-                    block[lo : lo + len(arr)] = arr
-                    bar.update(len(arr))
-                _save_npy(part, block)
-
-            def assemble(tmp: Path, name: str = name) -> None:
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                for i, s in enumerate(sevs):
-                    mm[i * n : (i + 1) * n] = np.load(partial / f"{name}-{s}.npy", allow_pickle=False)
-                mm.flush()
-                del mm
-
-            _atomic(final, assemble)
-            for s in sevs:
-                (partial / f"{name}-{s}.npy").unlink(missing_ok=True)
+                _write_block(split, name, s, *common, str(part_of(name, s)), on_chunk=bar.update)
+                pending[name].discard(s)
+                if not pending[name]:
+                    finish(name)
+        elif jobs:
+            ctx = multiprocessing.get_context("spawn")
+            init = (split.images, split.labels, split.classes, split.name)
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as ex:
+                futures = [ex.submit(_write_block_in_worker, (m, s, *common, str(part_of(m, s)))) for m, s in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        name, s, count = fut.result()
+                        bar.update(count)
+                        bar.set_postfix_str(f"{name} {s}")
+                        pending[name].discard(s)
+                        if not pending[name]:
+                            finish(name)
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    raise
     finally:
         bar.close()
     if partial.is_dir() and not any(partial.iterdir()):
         shutil.rmtree(partial)
-    return paths
+    return [out / f"{name}.npy" for name in names]
