@@ -33,3 +33,9 @@ def load_cifar_jpeg(per_class: int, split: str = "test") -> tuple[np.ndarray, np
 def cifar_images() -> np.ndarray:
     """20 real CIFAR-10 test images (2 per class), uint8 (20, 32, 32, 3)."""
     return load_cifar_jpeg(2)[0]
+
+
+@pytest.fixture(scope="session")
+def cifar_images_40() -> np.ndarray:
+    """40 real CIFAR-10 test images (4 per class), uint8 (40, 32, 32, 3)."""
+    return load_cifar_jpeg(4)[0]

@@ -83,10 +83,7 @@ def test_pixelate_is_pillow_box_byte_exact(cifar_images, sev):
     x = cifar_images
     c = PARAMS["pixelate"]["cifar"][sev - 1]
     ref = np.stack(
-        [
-            np.asarray(Image.fromarray(im).resize((int(32 * c),) * 2, Image.BOX).resize((32, 32), Image.BOX))
-            for im in x
-        ]
+        [np.asarray(Image.fromarray(im).resize((int(32 * c),) * 2, Image.BOX).resize((32, 32), Image.BOX)) for im in x]
     )
     np.testing.assert_array_equal(corrupt(x, "pixelate", sev), ref)
 
@@ -149,7 +146,7 @@ def test_separable_filter_with_wide_kernels(mode, scipy_mode):
 
 def test_motion_blur_kernel_and_offsets_hand_computed():
     k = _ops.motion_kernel(1, 1.0)  # width 2 * ceil(1) + 1 = 3, one-sided Gaussian
-    w = np.exp(-np.arange(3) ** 2 / 2.0)
+    w = np.exp(-(np.arange(3) ** 2) / 2.0)
     np.testing.assert_allclose(k.numpy(), w / w.sum())
     dx, dy = _ops.motion_offsets(3, torch.tensor([0.0, 90.0, 45.0]))
     assert dx.tolist() == [[0, 1, 2], [0, 0, 0], [0, 1, 1]]
@@ -237,3 +234,52 @@ def test_frost_uses_the_first_five_photographs():
     x = torch.zeros(8, 3, 32, 32)
     out = corrupt(x, "frost", 1, seed=0)  # 1 * 0 + 0.2 * frost
     assert math.isclose(float(out.max()), 0.2 * float(max(t.max() for t in tex)) / 255, rel_tol=0.05)
+
+
+@pytest.mark.parametrize("sev", [1, 2, 5])
+def test_elastic_matches_scipy_composition(cifar_images, sev):
+    # the generator's steps with SciPy: affine from 3 points, warp (bilinear, reflect-101), then
+    # displacement fields gaussian(U(-1, 1), sigma, reflect, truncate 3) * alpha, map_coordinates
+    x = cifar_images[:3] / 255.0
+    n = len(x)
+    alpha, sigma, jitter = PARAMS["elastic_transform"]["cifar"][sev - 1]
+    rng = _ops.Rng(torch.Generator().manual_seed(11), torch.device("cpu"))
+    jit = rng.uniform((n, 3, 2), -jitter, jitter).double().numpy()
+    nx = rng.uniform((n, 1, 32, 32), -1.0, 1.0).double().numpy()
+    ny = rng.uniform((n, 1, 32, 32), -1.0, 1.0).double().numpy()
+    out = (
+        corrupt(
+            torch.from_numpy(x).permute(0, 3, 1, 2), "elastic_transform", sev, seed=torch.Generator().manual_seed(11)
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
+    cs, ss = np.float32([16, 16]), 32 // 3
+    pts1 = np.float32([cs + ss, [cs[0] + ss, cs[1] - ss], cs - ss]).astype(np.float64)
+    yy, xx = np.meshgrid(np.arange(32.0), np.arange(32.0), indexing="ij")
+    for i in range(n):
+        m = np.linalg.solve(np.c_[pts1, np.ones(3)], pts1 + jit[i]).T  # (2, 3): [x y 1] -> [x' y']
+        ainv = np.linalg.inv(m[:, :2])
+        sx = ainv[0, 0] * (xx - m[0, 2]) + ainv[0, 1] * (yy - m[1, 2])
+        sy = ainv[1, 0] * (xx - m[0, 2]) + ainv[1, 1] * (yy - m[1, 2])
+        warped = np.stack(
+            [scipy_ndimage.map_coordinates(x[i, ..., c], [sy, sx], order=1, mode="mirror") for c in range(3)], -1
+        )
+        dx = (
+            scipy_ndimage.gaussian_filter(nx[i, 0], sigma, mode="reflect", truncate=3) * alpha
+            if sigma
+            else 0 * nx[i, 0]
+        )
+        dy = (
+            scipy_ndimage.gaussian_filter(ny[i, 0], sigma, mode="reflect", truncate=3) * alpha
+            if sigma
+            else 0 * ny[i, 0]
+        )
+        ref = np.stack(
+            [
+                scipy_ndimage.map_coordinates(warped[..., c], [yy + dy, xx + dx], order=1, mode="reflect")
+                for c in range(3)
+            ],
+            -1,
+        )
+        np.testing.assert_allclose(out[i], np.clip(ref, 0, 1), atol=2e-5)
