@@ -190,19 +190,20 @@ def sample_bilinear(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, mode: s
     """
     n, c, h, w = x.shape
     y0f, x0f = torch.floor(ys), torch.floor(xs)
-    wy, wx = (ys - y0f).to(x.dtype), (xs - x0f).to(x.dtype)
+    wy, wx = (ys - y0f).to(x.dtype)[:, None], (xs - x0f).to(x.dtype)[:, None]  # (N, 1, H', W')
     y0, x0 = y0f.long(), x0f.long()
+    r0, r1 = map_index(y0, h, mode) * w, map_index(y0 + 1, h, mode) * w  # row offsets (N, H', W')
+    c0, c1 = map_index(x0, w, mode), map_index(x0 + 1, w, mode)
     flat = x.reshape(n, c, h * w)  # (N, C, HW)
     out_hw = ys.shape[1:]
 
-    def tap(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        idx = (map_index(yy, h, mode) * w + map_index(xx, w, mode)).reshape(n, 1, -1)  # (N, 1, H'W')
+    def tap(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        idx = (rows + cols).reshape(n, 1, -1)  # (N, 1, H'W')
         return flat.gather(2, idx.expand(n, c, idx.shape[-1])).reshape(n, c, *out_hw)
 
-    wy, wx = wy[:, None], wx[:, None]  # (N, 1, H', W')
-    top = tap(y0, x0) * (1 - wx) + tap(y0, x0 + 1) * wx
-    bottom = tap(y0 + 1, x0) * (1 - wx) + tap(y0 + 1, x0 + 1) * wx
-    return top * (1 - wy) + bottom * wy
+    top = torch.lerp(tap(r0, c0), tap(r0, c1), wx)
+    bottom = torch.lerp(tap(r1, c0), tap(r1, c1), wx)
+    return torch.lerp(top, bottom, wy)
 
 
 def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:

@@ -99,7 +99,13 @@ def zoom_factors(p: tuple[float, float, float]) -> np.ndarray:
 def zoom_blur(x: torch.Tensor, p: tuple[float, float, float], ctx: Context) -> torch.Tensor:
     """Average of the image and its clipped zooms by ``np.arange(*p)`` (bilinear, SciPy ``zoom``)."""
     zs = zoom_factors(p)
-    out = torch.zeros_like(x)
+    _, _, h, w = x.shape
+    # factors that give the same crop and output sizes give the same image: compute each once
+    groups: dict[tuple[int, int, int, int], list[float]] = {}
     for z in zs:
-        out += _ops.clipped_zoom(x, float(z))
-    return (x + out) / (len(zs) + 1)
+        ch, cw = int(np.ceil(h / z)), int(np.ceil(w / z))
+        groups.setdefault((ch, cw, int(round(ch * z)), int(round(cw * z))), []).append(float(z))
+    out = x.clone()
+    for factors in groups.values():
+        out.add_(_ops.clipped_zoom(x, factors[0]), alpha=float(len(factors)))
+    return out / (len(zs) + 1)

@@ -46,12 +46,13 @@ _PREC = 22  # Pillow's PRECISION_BITS for 8-bit resampling (32 - 8 - 2)
 
 
 @lru_cache(maxsize=64)
-def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pillow's ``BOX`` resampling coefficients as matrices (out_size, in_size).
+def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pillow's ``BOX`` resampling coefficients for one axis.
 
-    Returns (float weights, fixed-point integer weights as float64). Pillow's
-    ``precompute_coeffs``: scale = in / out, support 0.5 * max(scale, 1), each output pixel
-    averages the input pixels whose centres fall in (centre - support, centre + support].
+    Pillow's ``precompute_coeffs``: scale = in / out, support 0.5 * max(scale, 1); output pixel
+    ``o`` averages the input pixels whose centres fall in its box (weights 1, normalised). Returns
+    (float weights (out, in), the 0/1 support (out, in), the fixed-point weight of each row (out,),
+    ``int(0.5 + 2^22 / count)`` as Pillow's 8-bit path rounds it).
     """
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
@@ -64,30 +65,32 @@ def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor
         for xi in range(xmin, xmax):
             t = (xi - center + 0.5) / filterscale
             w[xx, xi] = 1.0 if -0.5 < t <= 0.5 else 0.0
-        s = w[xx].sum()
-        if s != 0.0:
-            w[xx] /= s
-    fixed = np.floor(0.5 + w * (1 << _PREC))
-    return torch.from_numpy(w), torch.from_numpy(fixed)
+    count = w.sum(axis=1)
+    fixed = np.floor(0.5 + (1 << _PREC) / np.maximum(count, 1)).astype(np.int64)
+    return torch.from_numpy(w / np.maximum(count, 1)[:, None]), torch.from_numpy(w), torch.from_numpy(fixed)
 
 
 def box_resize(x: torch.Tensor, out_h: int, out_w: int, quantized: bool) -> torch.Tensor:
     """Pillow ``resize((out_w, out_h), BOX)`` on (N, C, H, W); horizontal pass first.
 
-    ``quantized=True`` reproduces Pillow's 8-bit arithmetic exactly (fixed-point weights, each
-    pass rounded to 0..255); otherwise the float result (Pillow's mode ``F``).
+    ``quantized=True`` reproduces Pillow's 8-bit arithmetic exactly: each pass sums the pixels
+    of a box (exact in float32), multiplies by the row's fixed-point weight and shifts, in int64
+    (``(sum * kk + 2^21) >> 22``, clipped to 0..255). Otherwise the float result (Pillow's mode ``F``).
     """
     _, _, h, w = x.shape
-    wf_x, wi_x = box_weights(w, out_w)
-    wf_y, wi_y = box_weights(h, out_h)
+    wf_x, sup_x, kk_x = box_weights(w, out_w)
+    wf_y, sup_y, kk_y = box_weights(h, out_h)
+    dev = x.device
     if not quantized:
-        y = x.to(torch.float64) @ wf_x.to(x.device).T  # (N, C, H, out_w)
-        return (wf_y.to(x.device) @ y).to(x.dtype)  # (N, C, out_h, out_w)
-    v = torch.round(x.to(torch.float64) * 255)
-    half = float(1 << (_PREC - 1))
-    v = torch.floor((v @ wi_x.to(x.device).T + half) / (1 << _PREC)).clamp(0, 255)
-    v = torch.floor((wi_y.to(x.device) @ v + half) / (1 << _PREC)).clamp(0, 255)
-    return (v / 255).to(x.dtype)
+        y = x @ wf_x.to(device=dev, dtype=x.dtype).T  # (N, C, H, out_w)
+        return wf_y.to(device=dev, dtype=x.dtype) @ y  # (N, C, out_h, out_w)
+    half = 1 << (_PREC - 1)
+    v = torch.round(x * 255)
+    s = torch.round(v @ sup_x.to(device=dev, dtype=torch.float32).T).long()  # box sums (N, C, H, out_w)
+    v = ((s * kk_x.to(dev) + half) >> _PREC).clamp(0, 255).to(torch.float32)
+    s = torch.round(sup_y.to(device=dev, dtype=torch.float32) @ v).long()  # (N, C, out_h, out_w)
+    v = ((s * kk_y.to(dev)[:, None] + half) >> _PREC).clamp(0, 255)
+    return (v.to(x.dtype)) / 255
 
 
 @CORRUPTIONS.register("pixelate", family="digital", random=False, rgb=False)

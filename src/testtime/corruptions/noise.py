@@ -28,12 +28,13 @@ def shot_noise(x: torch.Tensor, lam: float, ctx: Context) -> torch.Tensor:
 def impulse_noise(x: torch.Tensor, amount: float, ctx: Context) -> torch.Tensor:
     """Salt and pepper (scikit-image ``random_noise(mode="s&p", amount)``).
 
-    Each pixel-channel is replaced with probability ``amount``, by 1 or 0 with equal odds.
+    Each pixel-channel is replaced with probability ``amount``, by 1 or 0 with equal odds
+    (one uniform draw per value decides both).
     """
-    flipped = ctx.rng.uniform(tuple(x.shape), 0.0, 1.0) < amount
-    salted = ctx.rng.uniform(tuple(x.shape), 0.0, 1.0) < 0.5
-    out = torch.where(flipped & salted, torch.ones_like(x), x)
-    return torch.where(flipped & ~salted, torch.zeros_like(x), out)
+    u = ctx.rng.uniform(tuple(x.shape), 0.0, 1.0)
+    # one draw: u < amount flips the value; the lower half of that range salts, the upper peppers
+    out = torch.where(u < amount / 2, torch.ones_like(x), x)
+    return torch.where((u >= amount / 2) & (u < amount), torch.zeros_like(x), out)
 
 
 @CORRUPTIONS.register("speckle_noise", family="noise", random=True, rgb=False)
