@@ -1,0 +1,162 @@
+"""``testtime train STAGE`` and ``testtime cta``: CTA's source-time stages and the whole pipeline.
+
+Examples::
+
+    testtime train supervised --preset cifar10-cpu --set data.root=/data/cifar10-jpeg
+    testtime train align --preset cifar10-cpu --set align.weights.con_weight=1.0 --run-dir runs/a
+    testtime cta --preset cifar10-cpu --run-dir runs/cifar10-cpu      # all stages + evaluation
+
+Presets are YAML files shipped in ``testtime/configs`` (``--preset NAME``) or given as a path
+(``--config FILE``); ``--set key=value`` overrides any field (dotted path; the value is YAML).
+Every run writes its resolved config, seed, versions and device to ``<run-dir>/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from testtime.cli import UserError
+
+
+def list_presets() -> list[str]:
+    files = resources.files("testtime.configs")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset: str | None, config: str | None, overrides: list[str]) -> Any:
+    """Read a preset / YAML file, apply ``--set`` overrides, build the typed PipelineConfig."""
+    import yaml
+
+    from testtime.train.pipeline import PipelineConfig, apply_overrides, config_from_dict
+
+    if preset and config:
+        raise UserError("give --preset or --config, not both")
+    values: dict[str, Any] = {}
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise UserError(f"--config: file not found: {config}")
+        text = path.read_text()
+    elif preset:
+        if preset not in list_presets():
+            raise UserError(f"--preset: unknown preset {preset!r}; valid: {', '.join(list_presets())}")
+        text = resources.files("testtime.configs").joinpath(f"{preset}.yaml").read_text()
+    else:
+        text = "{}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{config or preset}: invalid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(values, dict):
+        raise UserError(f"{config or preset}: expected a mapping at the top level")
+    values = apply_overrides(values, overrides)
+    return config_from_dict(PipelineConfig, values)
+
+
+def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
+    from testtime.train.checkpoint import _atomic_write, environment
+    from testtime.train.pipeline import config_to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "command": "testtime " + " ".join(argv),
+        "config": config_to_dict(cfg),
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "environment": environment(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    _atomic_write(run_dir / "config.json", json.dumps(info, indent=2).encode())
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="a shipped preset: cifar10-cpu, fmnist-cpu, paper, demo")
+    p.add_argument("--config", help="a YAML file with the same structure as the presets")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set ssl.train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="where checkpoints and results go (default: runs/<preset name>)")
+    p.add_argument("--quiet", action="store_true", help="no per-step log lines")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from testtime.train.pipeline import STAGES
+
+    p = subparsers.add_parser(
+        "train",
+        help="run one source-time stage of CTA (and its prerequisites)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from testtime.train.ttt_stages import AUX_STAGES
+
+    p.add_argument(
+        "stage",
+        choices=STAGES + AUX_STAGES,
+        help="supervised | ssl | align | probe | joint | ttt | ttt++ (baselines' joint training)",
+    )
+    _common(p)
+    p.set_defaults(func=run_train)
+    q = subparsers.add_parser(
+        "cta",
+        help="CTA end to end: every stage, then evaluation on corruptions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(q)
+    q.add_argument("--stages-only", action="store_true", help="train, do not evaluate")
+    q.set_defaults(func=run_cta)
+
+
+def _prepare(args: argparse.Namespace):
+    cfg = load_config(args.preset, args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    return cfg, run_dir
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from testtime.train.pipeline import load_data, run_stages
+
+    cfg, run_dir = _prepare(args)
+    data = load_data(cfg.data)
+    write_run_config(run_dir, cfg, sys.argv[1:])
+    log = None if args.quiet else print
+    if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
+        from testtime.train.ttt_stages import train_aux_stage
+
+        train_aux_stage(cfg, run_dir, data, args.stage, log=log)
+        print(f"{args.stage}: {run_dir / args.stage}")
+        return 0
+    models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)
+    fitres = models.fits[args.stage]
+    print(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
+    return 0
+
+
+def run_cta(args: argparse.Namespace) -> int:
+    from testtime.train.pipeline import evaluate_pipeline, load_data, results_table, run_stages
+
+    cfg, run_dir = _prepare(args)
+    t0 = time.perf_counter()
+    data = load_data(cfg.data)
+    write_run_config(run_dir, cfg, sys.argv[1:])
+    log = None if args.quiet else print
+    models = run_stages(cfg, run_dir, data, log=log)
+    print(f"stages done in {time.perf_counter() - t0:.0f}s; checkpoints in {run_dir}", flush=True)
+    if args.stages_only:
+        return 0
+    results = evaluate_pipeline(cfg, models, data, run_dir, log=log)
+    print(results_table(results))
+    print(f"total wall time {time.perf_counter() - t0:.0f}s; results in {run_dir / 'results.json'}")
+    return 0

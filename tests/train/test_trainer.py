@@ -1,0 +1,190 @@
+"""The one trainer: checkpoints, resume after a kill, bad checkpoints, objectives that optimise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from testtime.data.split import ImageSplit
+from testtime.models import create_model
+from testtime.models.heads import ProjectedClassifier, projector
+from testtime.train import (
+    AlignObjective,
+    AlignWeights,
+    JointObjective,
+    LinearProbeObjective,
+    SimCLRObjective,
+    StopTraining,
+    SupervisedObjective,
+    TrainConfig,
+    fit,
+    load_checkpoint,
+    load_modules,
+    lr_at,
+    save_modules,
+)
+
+
+def _split(n=96, seed=0, size=16):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % 4
+    # class-dependent colour so that a few steps can learn something
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.int64)
+    img = base[labels][:, None, None, :] + rng.integers(-40, 40, (n, size, size, 3))
+    return ImageSplit(np.clip(img, 0, 255).astype(np.uint8), labels, ("r", "g", "b", "y"), "toy")
+
+
+def _weights(modules):
+    return {f"{n}.{k}": v.clone() for n, m in modules.items() for k, v in m.state_dict().items()}
+
+
+CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0.5, checkpoint_every=3, log_every=100)
+
+
+def _sup_objective(seed=0):
+    torch.manual_seed(seed)
+    m = create_model("resnet8", 4)
+    return SupervisedObjective(m.encoder, m.fc)
+
+
+def _ssl_objective(seed=0):
+    torch.manual_seed(seed)
+    m = create_model("resnet8", 4)
+    return SimCLRObjective(m.encoder, projector(m.feature_dim, identity=True), tau=0.1)
+
+
+@pytest.mark.parametrize("make", [_sup_objective, _ssl_objective])
+def test_resume_after_kill_ends_with_same_weights(tmp_path, make):
+    data = _split()
+    ref = make()
+    fit(ref, data, CFG, tmp_path / "ref", "stage", log=None)
+
+    killed = make()
+
+    def kill(step, logs):
+        if step == 7:  # after the checkpoint of step 6, one step is lost
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        fit(killed, data, CFG, tmp_path / "run", "stage", on_step=kill, log=None)
+    assert (tmp_path / "run" / "stage.resume.safetensors").is_file()
+    assert not (tmp_path / "run" / "stage.safetensors").exists()
+    resumed = make()  # a fresh process: new modules, weights come from the checkpoint
+    res = fit(resumed, data, CFG, tmp_path / "run", "stage", log=None)
+    assert res.resumed_from == 6
+    a, b = _weights(ref.modules), _weights(resumed.modules)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not (tmp_path / "run" / "stage.resume.safetensors").exists()
+
+
+def test_checkpoint_sidecar_hash_and_config(tmp_path):
+    obj = _sup_objective()
+    fit(obj, _split(), CFG, tmp_path, "sup", meta={"arch": "resnet8"}, log=None)
+    side = json.loads((tmp_path / "sup.json").read_text())
+    assert len(side["sha256"]) == 64
+    assert side["meta"]["arch"] == "resnet8" and side["meta"]["train_config"]["seed"] == 0
+    assert "torch" in side["environment"]
+    tensors, meta = load_checkpoint(tmp_path / "sup")
+    assert any(k.startswith("model.encoder.") for k in tensors)
+
+
+def test_corrupted_checkpoint_fails_before_loading(tmp_path):
+    m = create_model("resnet8", 4)
+    save_modules(tmp_path / "ck", {"encoder": m.encoder}, {"arch": "resnet8"})
+    raw = bytearray((tmp_path / "ck.safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    (tmp_path / "ck.safetensors").write_bytes(bytes(raw))
+    fresh = create_model("resnet8", 4)
+    before = _weights({"e": fresh.encoder})
+    with pytest.raises(ValueError, match="corrupted"):
+        load_modules(tmp_path / "ck", {"encoder": fresh.encoder})
+    after = _weights({"e": fresh.encoder})
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path):
+    m8 = create_model("resnet8", 4)
+    save_modules(tmp_path / "ck", {"encoder": m8.encoder}, {"arch": "resnet8"})
+    m20 = create_model("resnet20", 4)
+    with pytest.raises(ValueError, match="another architecture"):
+        load_modules(tmp_path / "ck", {"encoder": m20.encoder})
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_final_checkpoint_is_reused(tmp_path):
+    data = _split()
+    a = _sup_objective()
+    fit(a, data, CFG, tmp_path, "s", log=None)
+    b = _sup_objective(seed=1)
+    res = fit(b, data, CFG, tmp_path, "s", log=None)
+    assert res.steps == 0
+    wa, wb = _weights(a.modules), _weights(b.modules)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = TrainConfig(lr=1e-3, final_lr=1e-6)
+    assert lr_at(0, 100, 10, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, 100, 10, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, 100, 10, cfg) == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-6)
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(1e-6)
+
+
+def test_bad_config_and_data():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="larger than the training set"):
+        fit(_sup_objective(), _split(8), TrainConfig(batch_size=16), None, log=None)
+
+
+def _first_last(res, key):
+    return res.history[0][key], res.history[-1][key]
+
+
+def test_supervised_and_probe_and_joint_reduce_their_losses():
+    data = _split(128)
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=2e-3, warmup_epochs=0, log_every=4)
+    res = fit(_sup_objective(), data, cfg, None, log=None)
+    first, last = _first_last(res, "ce")
+    assert last < first
+    torch.manual_seed(0)
+    m = create_model("resnet8", 4)
+    feats = torch.nn.Sequential(m.encoder, projector(m.feature_dim, identity=True))
+    res = fit(LinearProbeObjective(feats, torch.nn.Linear(m.feature_dim, 4)), data, cfg, None, log=None)
+    first, last = _first_last(res, "ce")
+    assert last < first
+    enc_before = {k: v.clone() for k, v in m.encoder.state_dict().items()}
+    assert all(torch.equal(v, m.encoder.state_dict()[k]) for k, v in enc_before.items())  # probe froze it
+    torch.manual_seed(0)
+    y = create_model("resnet8", 4)
+    res = fit(JointObjective(y.encoder, y.fc, projector(y.feature_dim), tau=0.1), data, cfg, None, log=None)
+    assert res.history[-1]["ce"] < res.history[0]["ce"]
+
+
+def test_alignment_keeps_f_frozen_and_reduces_eq4():
+    data = _split(128)
+    torch.manual_seed(0)
+    sup = create_model("resnet8", 4)
+    fit(_sup_like(sup), data, TrainConfig(epochs=4, batch_size=32, lr=2e-3, warmup_epochs=0), None, log=None)
+    f_before = {k: v.clone() for k, v in sup.encoder.state_dict().items()}
+    torch.manual_seed(1)
+    g = create_model("resnet8", 4).encoder
+    pi = projector(sup.feature_dim)
+    obj = AlignObjective(g, pi, sup.encoder, sup.fc, AlignWeights(tau=0.5))
+    res = fit(obj, data, TrainConfig(epochs=6, batch_size=32, lr=2e-3, warmup_epochs=0, log_every=4), None, log=None)
+    assert res.history[-1]["align"] < res.history[0]["align"]
+    assert all(torch.equal(v, sup.encoder.state_dict()[k]) for k, v in f_before.items())
+    _ = ProjectedClassifier(g, pi, sup.fc)
+
+
+def _sup_like(model):
+    return SupervisedObjective(model.encoder, model.fc)
