@@ -63,13 +63,29 @@ def map_index(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     """Map (possibly out-of-range) integer indices ``i`` into [0, n) by border ``mode``."""
     if mode == "edge" or n == 1:
         return i.clamp(0, n - 1)
+    if mode not in ("symmetric", "reflect101"):
+        raise ValueError(f"mode: unknown border mode {mode!r}; valid: {', '.join(BORDER_MODES)}")
+    if i.numel() and int(i.min()) >= -n and int(i.max()) < 2 * n:  # within one reflection: a lookup table
+        return _index_table(n, mode, i.device)[i + n]
     if mode == "symmetric":
         m = torch.remainder(i, 2 * n)
         return torch.where(m < n, m, 2 * n - 1 - m)
-    if mode == "reflect101":
-        m = torch.remainder(i, 2 * n - 2)
-        return torch.where(m < n, m, 2 * n - 2 - m)
-    raise ValueError(f"mode: unknown border mode {mode!r}; valid: {', '.join(BORDER_MODES)}")
+    m = torch.remainder(i, 2 * n - 2)
+    return torch.where(m < n, m, 2 * n - 2 - m)
+
+
+@lru_cache(maxsize=64)
+def _index_table_cpu(n: int, mode: str) -> torch.Tensor:
+    i = torch.arange(-n, 2 * n)
+    if mode == "symmetric":
+        m = torch.remainder(i, 2 * n)
+        return torch.where(m < n, m, 2 * n - 1 - m)
+    m = torch.remainder(i, 2 * n - 2)
+    return torch.where(m < n, m, 2 * n - 2 - m)
+
+
+def _index_table(n: int, mode: str, device: torch.device) -> torch.Tensor:
+    return _index_table_cpu(n, mode).to(device)
 
 
 def pad2d(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:

@@ -110,17 +110,16 @@ def jpeg_compression(x: torch.Tensor, quality: int, ctx: Context) -> torch.Tenso
 
     Images are rounded to 8 bits first (a JPEG codec only takes 8-bit images).
     """
-    n, c, _, _ = x.shape
+    n, c, h, w = x.shape
     arr = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
     out = np.empty_like(arr)
     mode = "RGB" if c == 3 else "L"
     for i in range(n):
         buf = io.BytesIO()
-        Image.fromarray(arr[i] if c == 3 else arr[i, :, :, 0], mode=mode).save(buf, "JPEG", quality=int(quality))
-        buf.seek(0)
-        with Image.open(buf) as im:
-            dec = np.asarray(im.convert(mode))
-        out[i] = dec if c == 3 else dec[:, :, None]
+        Image.frombytes(mode, (w, h), arr[i].tobytes()).save(buf, "JPEG", quality=int(quality))
+        # decode with the JPEG decoder directly (same libjpeg decode as Image.open, less Python)
+        dec = Image.frombytes(mode, (w, h), buf.getvalue(), "jpeg", mode, "")
+        out[i] = np.frombuffer(dec.tobytes(), dtype=np.uint8).reshape(h, w, c)
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255
 
 
@@ -155,9 +154,9 @@ def elastic_transform(x: torch.Tensor, p: tuple[float, float, float], ctx: Conte
     m = _affine_from_points(pts1[None].expand(n, 3, 2), pts2)  # (N, 2, 3)
     a, t = m[:, :, :2], m[:, :, 2:]
     ainv = torch.linalg.inv(a)
-    minv = torch.cat((ainv, -ainv @ t), dim=2).to(dev)  # (N, 2, 3): destination -> source
-    ar_h = torch.arange(h, dtype=torch.float64, device=dev)
-    ar_w = torch.arange(w, dtype=torch.float64, device=dev)
+    minv = torch.cat((ainv, -ainv @ t), dim=2).to(device=dev, dtype=torch.float32)  # (N, 2, 3): dst -> src
+    ar_h = torch.arange(h, dtype=torch.float32, device=dev)
+    ar_w = torch.arange(w, dtype=torch.float32, device=dev)
     yy, xx = torch.meshgrid(ar_h, ar_w, indexing="ij")
     sx = minv[:, 0, 0, None, None] * xx + minv[:, 0, 1, None, None] * yy + minv[:, 0, 2, None, None]  # (N, H, W)
     sy = minv[:, 1, 0, None, None] * xx + minv[:, 1, 1, None, None] * yy + minv[:, 1, 2, None, None]
