@@ -283,3 +283,15 @@ def test_elastic_matches_scipy_composition(cifar_images, sev):
             -1,
         )
         np.testing.assert_allclose(out[i], np.clip(ref, 0, 1), atol=2e-5)
+
+
+@pytest.mark.parametrize(("size", "params"), [(32, "cifar"), (64, "tiny")])
+def test_pixelate_byte_exact_on_noise_images(size, params):
+    x = np.random.default_rng(size).integers(0, 256, (64, size, size, 3), dtype=np.uint8)  # many rounding ties
+    for sev in range(1, 6):
+        c = PARAMS["pixelate"][params][sev - 1]
+        small = (int(size * c),) * 2
+        ref = np.stack(
+            [np.asarray(Image.fromarray(im).resize(small, Image.BOX).resize((size,) * 2, Image.BOX)) for im in x]
+        )
+        np.testing.assert_array_equal(corrupt(x, "pixelate", sev), ref)

@@ -120,10 +120,11 @@ def separable(x: torch.Tensor, k_rows: torch.Tensor, k_cols: torch.Tensor, mode:
 
     Computed as ``A_h @ x @ A_w^T`` with banded matrices holding the kernel and the border rule.
     """
-    _, _, h, w = x.shape
+    n, c, h, w = x.shape
     a_h = filter_matrix(h, k_rows, mode, x)
     a_w = filter_matrix(w, k_cols, mode, x)
-    return a_h @ x @ a_w.T  # (N, C, H, W)
+    y = (x.reshape(-1, w) @ a_w.T).reshape(n, c, h, w)  # along W, one 2-D GEMM
+    return (y.transpose(2, 3).reshape(-1, h) @ a_h.T).reshape(n, c, w, h).transpose(2, 3)  # along H
 
 
 def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:

@@ -46,13 +46,13 @@ _PREC = 22  # Pillow's PRECISION_BITS for 8-bit resampling (32 - 8 - 2)
 
 
 @lru_cache(maxsize=64)
-def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pillow's ``BOX`` resampling coefficients for one axis.
 
     Pillow's ``precompute_coeffs``: scale = in / out, support 0.5 * max(scale, 1); output pixel
-    ``o`` averages the input pixels whose centres fall in its box (weights 1, normalised). Returns
-    (float weights (out, in), the 0/1 support (out, in), the fixed-point weight of each row (out,),
-    ``int(0.5 + 2^22 / count)`` as Pillow's 8-bit path rounds it).
+    ``o`` averages the ``count[o]`` input pixels whose centres fall in its box. Returns (float
+    weights (out, in), the 0/1 support (out, in), count (out,), and whether Pillow's 8-bit
+    fixed-point weight ``int(0.5 + 2^22 / count)`` is >= the true ``2^22 / count`` (out,)).
     """
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
@@ -65,32 +65,47 @@ def box_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor
         for xi in range(xmin, xmax):
             t = (xi - center + 0.5) / filterscale
             w[xx, xi] = 1.0 if -0.5 < t <= 0.5 else 0.0
-    count = w.sum(axis=1)
-    fixed = np.floor(0.5 + (1 << _PREC) / np.maximum(count, 1)).astype(np.int64)
-    return torch.from_numpy(w / np.maximum(count, 1)[:, None]), torch.from_numpy(w), torch.from_numpy(fixed)
+    count = np.maximum(w.sum(axis=1), 1).astype(np.int64)
+    fixed = np.floor(0.5 + (1 << _PREC) / count).astype(np.int64)
+    up = fixed * count >= (1 << _PREC)
+    return (
+        torch.from_numpy(w / count[:, None]),
+        torch.from_numpy(w),
+        torch.from_numpy(count.astype(np.float64)),
+        torch.from_numpy(up),
+    )
+
+
+def _round_like_pillow(total: torch.Tensor, count: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Pillow's 8-bit ``(total * kk + 2^21) >> 22`` with ``kk = int(0.5 + 2^22 / count)``, in float32.
+
+    ``total * kk / 2^22`` differs from ``total / count`` by less than 1 / (2 count), so the
+    result is ``total / count`` rounded to nearest, ties (``total / count = k + 1/2``, exact in
+    float) going up where ``kk >= 2^22 / count`` and down elsewhere.
+    """
+    q = total / count
+    return torch.where(up, torch.floor(q + 0.5), torch.ceil(q - 0.5)).clamp(0, 255)
 
 
 def box_resize(x: torch.Tensor, out_h: int, out_w: int, quantized: bool) -> torch.Tensor:
     """Pillow ``resize((out_w, out_h), BOX)`` on (N, C, H, W); horizontal pass first.
 
-    ``quantized=True`` reproduces Pillow's 8-bit arithmetic exactly: each pass sums the pixels
-    of a box (exact in float32), multiplies by the row's fixed-point weight and shifts, in int64
-    (``(sum * kk + 2^21) >> 22``, clipped to 0..255). Otherwise the float result (Pillow's mode ``F``).
+    ``quantized=True`` reproduces Pillow's 8-bit arithmetic exactly (each pass sums the box in
+    float32, exact for 8-bit values, then rounds as :func:`_round_like_pillow`); otherwise the
+    float result (Pillow's mode ``F``).
     """
-    _, _, h, w = x.shape
-    wf_x, sup_x, kk_x = box_weights(w, out_w)
-    wf_y, sup_y, kk_y = box_weights(h, out_h)
-    dev = x.device
+    n, c, h, w = x.shape
+    wf_x, sup_x, cnt_x, up_x = (t.to(x.device) for t in box_weights(w, out_w))
+    wf_y, sup_y, cnt_y, up_y = (t.to(x.device) for t in box_weights(h, out_h))
     if not quantized:
-        y = x @ wf_x.to(device=dev, dtype=x.dtype).T  # (N, C, H, out_w)
-        return wf_y.to(device=dev, dtype=x.dtype) @ y  # (N, C, out_h, out_w)
-    half = 1 << (_PREC - 1)
-    v = torch.round(x * 255)
-    s = torch.round(v @ sup_x.to(device=dev, dtype=torch.float32).T).long()  # box sums (N, C, H, out_w)
-    v = ((s * kk_x.to(dev) + half) >> _PREC).clamp(0, 255).to(torch.float32)
-    s = torch.round(sup_y.to(device=dev, dtype=torch.float32) @ v).long()  # (N, C, out_h, out_w)
-    v = ((s * kk_y.to(dev)[:, None] + half) >> _PREC).clamp(0, 255)
-    return (v.to(x.dtype)) / 255
+        y = (x.reshape(-1, w) @ wf_x.to(x.dtype).T).reshape(n, c, h, out_w)
+        return (y.transpose(2, 3).reshape(-1, h) @ wf_y.to(x.dtype).T).reshape(n, c, out_w, out_h).transpose(2, 3)
+    v = torch.round(x.to(torch.float32) * 255)
+    s = (v.reshape(-1, w) @ sup_x.float().T).reshape(n, c, h, out_w)  # box sums along W
+    v = _round_like_pillow(s, cnt_x.float(), up_x)
+    s = (v.transpose(2, 3).reshape(-1, h) @ sup_y.float().T).reshape(n, c, out_w, out_h)  # along H
+    v = _round_like_pillow(s, cnt_y.float(), up_y).transpose(2, 3)  # (N, C, out_h, out_w)
+    return (v / 255).to(x.dtype)
 
 
 @CORRUPTIONS.register("pixelate", family="digital", random=False, rgb=False)
