@@ -21,6 +21,7 @@ Prints one line per method (accuracy per corruption, mean, wall time) and the pr
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -86,10 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="source,bn,tent,eata,sar,cotta,memo")
     ap.add_argument("--ckpt", type=Path, default=Path("/tmp/bl/source.safetensors"))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="override a method's config field, e.g. --set eata.lr=0.001 (repeatable)")
     args = ap.parse_args(argv)
     if not args.root.is_dir():
         ap.error(f"--root: {args.root} is not a folder (set $TESTTIME_CIFAR10_JPEG)")
     from safetensors.torch import load_file, save_file
+
+    overrides: dict[str, dict] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        meth, dot, fld = key.partition(".")
+        if not sep or not dot:
+            ap.error(f"--set: expected METHOD.FIELD=VALUE, got {item!r}")
+        try:
+            overrides.setdefault(meth, {})[fld] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides.setdefault(meth, {})[fld] = value
 
     torch.manual_seed(0)
     train = load_image_folder(args.root, "train")
@@ -120,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods.split(","):
         net = create_model(args.arch, num_classes=len(train.classes))
         net.load_state_dict(model.state_dict())
-        m = create_method(name, net)
+        m = create_method(name, net, **overrides.get(name, {}))
         if name == "eata":
             m.compute_fisher(fisher_batches)
         res = evaluate(m, domains, protocol)
-        print(res.summary() + f" wall {res.wall_s:.1f} s", flush=True)
+        note = f" overrides {overrides[name]}" if name in overrides else ""
+        print(res.summary() + f" wall {res.wall_s:.1f} s" + note, flush=True)
         rows.append(res.to_dict())
     print(f"protocol: {protocol.describe()}; {args.n_test} test images, severity {args.severity}, arch {args.arch}, "
           f"CIFAR-10 (JPEG copy)")
