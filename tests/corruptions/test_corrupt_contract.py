@@ -45,3 +45,20 @@ def test_none_seed_follows_torch_global_seed(cifar_images):
     torch.manual_seed(7)
     b = corrupt(cifar_images[:2], "gaussian_noise", 3)
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_imagenet_parameters_at_64px(name):
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    for sev in (1, 5):
+        out = corrupt(x, name, sev, seed=0)  # 64 px selects the "tiny" set
+        assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_imagenet_parameters_at_224px(name):
+    x = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    for sev in (1, 5):
+        out = corrupt(x, name, sev, seed=0)
+        assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
