@@ -1,0 +1,109 @@
+"""Baselines next to CTA: every registered method on the same preset, data, test subset and protocol.
+
+:func:`run_methods` evaluates a list of methods on the corrupted test domains of a
+:class:`testtime.train.pipeline.PipelineConfig` (the same seeded subset, corruption seeds and
+severity as CTA's own evaluation), each built on the model its requirements call for:
+
+- plain TTA methods (``source``, ``bn``, ``tent``, ``eata``, ``sar``, ``memo``, ``cotta``) adapt a
+  copy of the preset's **supervised** checkpoint, the very weights CTA's classifier h comes from;
+- ``ttt`` / ``ttt++`` need an auxiliary head trained at source time: their own checkpoints, trained
+  by the same trainer on the same subset, schedule and seed (:mod:`testtime.train.ttt_stages`);
+- ``cta``, ``cta-c`` and ``y-model`` are evaluated by :func:`testtime.train.pipeline.evaluate_pipeline`
+  (they need the alignment / probe / joint stages).
+
+Methods that need source data (EATA's Fisher weights) get ``fisher_samples`` clean training images
+of the same subset.
+
+Example::
+
+    out = run_methods(cfg, "runs/cifar10-cpu", data, ["source", "bn", "tent"], protocol="episodic")
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from testtime.bench.protocols import get_protocol
+from testtime.bench.runner import evaluate, to_float_batch
+from testtime.methods import METHODS, create_method
+
+PIPELINE_METHODS = ("cta", "cta-c", "y-model")
+AUX_METHODS = {"ttt": "ttt", "ttt++": "ttt++"}
+
+
+def source_batches(images: np.ndarray, batch_size: int, device: str = "cpu"):
+    for s in range(0, len(images), batch_size):
+        yield to_float_batch(images[s : s + batch_size], device)
+
+
+def run_methods(
+    cfg: Any,
+    run_dir: str | Path,
+    data: Any,
+    methods: Sequence[str],
+    *,
+    protocol: str | None = None,
+    batch_size: int | None = None,
+    method_overrides: dict[str, dict[str, Any]] | None = None,
+    fisher_samples: int = 2000,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate ``methods`` on the preset's corrupted test domains; returns a results dict.
+
+    ``protocol`` / ``batch_size`` default to the preset's test-time protocol (``cfg.ttt``), i.e. the
+    protocol CTA's rows were measured with. The dict has one entry per method under ``"rows"``
+    (accuracy per corruption, mean, wall time, settings) and the protocol's description.
+    """
+    from testtime.train.pipeline import corrupted_domains, run_stages
+
+    method_overrides = method_overrides or {}
+    for name in list(methods) + list(method_overrides):
+        METHODS.canonical(name)  # unknown names fail here, with the list, before any work
+    bad = [m for m in methods if m in PIPELINE_METHODS]
+    if bad:
+        raise ValueError(f"methods: {bad} are evaluated by `testtime cta` (they need the CTA stages), not here")
+    proto = get_protocol(protocol or cfg.ttt.protocol, batch_size=batch_size or cfg.ttt.batch_size, seed=cfg.ttt.seed)
+    for name in methods:
+        need = METHODS.get(name).requirements.min_batch_size
+        if proto.batch_size < need:
+            raise ValueError(f"method {name!r} needs batches of at least {need} images; protocol batch_size is "
+                             f"{proto.batch_size}")
+    run_dir = Path(run_dir)
+    dev = cfg.device
+    supervised = run_stages(cfg, run_dir, data, stages=("supervised",), log=log).supervised
+    domains = corrupted_domains(data.test, cfg.eval.corruptions, cfg.eval.severity, seed=cfg.seed,
+                                params=cfg.eval.params, log=log)
+    out: dict[str, Any] = {"protocol": proto.describe(), "rows": {},
+                           "test_subset": data.test.name, "severity": cfg.eval.severity}
+    for name in methods:
+        model = _model_for(name, cfg, run_dir, data, supervised, log)
+        over = method_overrides.get(name, {})
+        method = create_method(name, copy.deepcopy(model), **over)
+        t0 = time.perf_counter()
+        if hasattr(method, "compute_fisher") and METHODS.get(name).requirements.needs_source_data:
+            n = min(fisher_samples, len(data.train))
+            rows = np.random.default_rng(cfg.seed).permutation(len(data.train))[:n]
+            method.compute_fisher(source_batches(data.train.images[rows], proto.batch_size, dev))  # in the reset point
+        res = evaluate(method, domains, proto, device=dev)
+        row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict()}
+        row["wall_s"] = time.perf_counter() - t0
+        out["rows"][name] = row
+        if log:
+            log(f"[bench] {name}: mean {res.mean_accuracy:.2f}% ({row['wall_s']:.0f}s, "
+                f"predict {row['order']} update, non-finite steps {res.nonfinite_steps})")
+    return out
+
+
+def _model_for(name: str, cfg: Any, run_dir: Path, data: Any, supervised: nn.Module, log) -> nn.Module:
+    if name in AUX_METHODS:
+        from testtime.train.ttt_stages import train_aux_stage
+
+        return train_aux_stage(cfg, run_dir, data, AUX_METHODS[name], log=log)
+    return supervised

@@ -1,0 +1,98 @@
+"""``testtime bench``: the baselines on a preset, next to CTA (same weights, data, subset, protocol).
+
+Examples::
+
+    testtime bench --preset cifar10-cpu --methods source,bn,tent,eata,sar,cotta,memo,ttt,ttt++
+    testtime bench --preset cifar10-cpu --methods tent --protocol reset-per-domain --method-set tent.lr=1e-4
+
+The preset's supervised checkpoint in ``--run-dir`` (default ``runs/<preset>``) is loaded, or trained
+when missing (as ``testtime train supervised`` would); ``ttt`` / ``ttt++`` load or train their own
+source models. Results go to ``<run-dir>/bench-<protocol>.json`` and a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from testtime.cli import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from testtime.bench.protocols import list_protocols
+
+    p = subparsers.add_parser("bench", help="evaluate baselines on a preset's corrupted test subset",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help="a shipped preset (see `testtime train --help`)")
+    p.add_argument("--config", help="a YAML file with the same structure as the presets")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set eval.corruptions=[fog,snow] (repeatable)")
+    p.add_argument("--run-dir", help="checkpoints and results (default: runs/<preset name>)")
+    p.add_argument("--methods", default="source,bn,tent,eata,sar,cotta,memo,ttt,ttt++",
+                   help="comma-separated registered methods (see `testtime methods`)")
+    p.add_argument("--protocol", choices=list_protocols(), help="default: the preset's test-time protocol")
+    p.add_argument("--batch-size", type=int, help="default: the preset's test-time batch size")
+    p.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method's config field, e.g. tent.lr=1e-4 (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def parse_method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, fld = key.rpartition(".")
+        if not sep or not dot or not name or not fld:
+            raise UserError(f"--method-set: expected METHOD.FIELD=VALUE, got {item!r}")
+        out.setdefault(name, {})[fld] = _scalar(yaml.safe_load(value))
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string: numbers written that way become floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from testtime.bench.grid import run_methods
+    from testtime.commands.train import load_config, write_run_config
+    from testtime.methods import METHODS
+    from testtime.train.checkpoint import _atomic_write
+    from testtime.train.pipeline import load_data, results_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UserError("--methods: give at least one method")
+    for m in methods:
+        METHODS.canonical(m)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    overrides = parse_method_overrides(args.method_set)
+    cfg = load_config(args.preset, args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    t0 = time.perf_counter()
+    data = load_data(cfg.data)
+    write_run_config(run_dir, cfg, sys.argv[1:])
+    out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
+                      method_overrides=overrides, log=None if args.quiet else print)
+    out["command"] = "testtime " + " ".join(sys.argv[1:])
+    out["wall_s"] = time.perf_counter() - t0
+    name = (args.protocol or cfg.ttt.protocol)
+    path = run_dir / f"bench-{name}.json"
+    _atomic_write(path, json.dumps(out, indent=2, default=str).encode())
+    print(out["protocol"])
+    print(results_table(out))
+    print(f"wrote {path} ({out['wall_s']:.0f}s)")
+    return 0
