@@ -55,3 +55,11 @@ def test_bad_arguments_fail_early(split):
             np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2, np.int64), ("a",), "grey"), "fog", 1)  # fmt: skip
     with pytest.raises(ValueError, match="batch_size"):
         next(CorruptedSplit(split, "fog", 1).batches(0))
+
+
+def test_thread_setting_is_restored(split):
+    before = torch.get_num_threads()
+    CorruptedSplit(split, "motion_blur", 1, threads=1).chunk(0)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        CorruptedSplit(split, "fog", 1, threads=0)

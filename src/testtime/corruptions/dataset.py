@@ -47,6 +47,10 @@ class CorruptedSplit:
             reproduce files written with it).
         device: where the corruption runs (``"cpu"``, ``"cuda"``, ...).
         grey_as_rgb: repeat 1-channel images to 3 channels.
+        threads: torch intra-op threads while corrupting (restored afterwards); ``None`` leaves
+            the setting alone. Default 1: the corruptions run many small tensor operations, and
+            on a shared, busy CPU two threads made some of them 3 to 10x slower
+            (docs/performance.md).
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class CorruptedSplit:
         chunk_size: int = DEFAULT_CHUNK,
         device: str | torch.device = "cpu",
         grey_as_rgb: bool = False,
+        threads: int | None = 1,
     ) -> None:
         if not isinstance(split, ImageSplit):
             raise ValueError(f"split: expected an ImageSplit, got {type(split).__name__}")
@@ -78,6 +83,9 @@ class CorruptedSplit:
         self.chunk_size = chunk_size
         self.device = torch.device(device)
         self.grey_as_rgb = grey_as_rgb
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        self.threads = threads
         self._cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -98,7 +106,14 @@ class CorruptedSplit:
         lo, hi = k * self.chunk_size, min((k + 1) * self.chunk_size, len(self.split))
         x = torch.from_numpy(self.split.images[lo:hi]).to(self.device)
         g = torch.Generator(device="cpu").manual_seed(chunk_seed(self.seed, self.name, self.severity, k))
-        out = corrupt(x, self.name, self.severity, seed=g, params=self.params, grey_as_rgb=self.grey_as_rgb)
+        before = torch.get_num_threads()
+        if self.threads is not None and self.threads != before:
+            torch.set_num_threads(self.threads)
+        try:
+            out = corrupt(x, self.name, self.severity, seed=g, params=self.params, grey_as_rgb=self.grey_as_rgb)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
         arr = out.cpu().numpy()
         self._cache = (k, arr)
         return arr

@@ -264,7 +264,7 @@ def resolve_params(params: str | None, height: int, width: int) -> str:
         raise ValueError(
             f"params: no published parameter set for {height}x{width} images (published: "
             + ", ".join(f"{n}={p.size}px" for n, p in PARAM_SETS.items())
-            + "); pass params= one of "
+            + "); pass params= (CLI: --params) one of "
             + ", ".join(PARAM_SETS)
         )
     if params not in PARAM_SETS:
