@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,3 +40,13 @@ def cifar_images() -> np.ndarray:
 def cifar_images_40() -> np.ndarray:
     """40 real CIFAR-10 test images (4 per class), uint8 (40, 32, 32, 3)."""
     return load_cifar_jpeg(4)[0]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Corruptions run many small tensor ops: on a shared CPU, intra-op threads make them several
+    times slower (docs/performance.md), so these tests use one thread and restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

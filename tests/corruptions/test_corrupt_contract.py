@@ -55,7 +55,6 @@ def test_tiny_imagenet_parameters_at_64px(name):
         assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_imagenet_parameters_at_224px(name):
     x = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)

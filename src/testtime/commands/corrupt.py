@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     sevs = parse_severities(args.severities)
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size: must be positive, got {args.chunk_size}")
+    if args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
     if args.workers < 0:
         raise UserError(f"--workers: must be >= 0, got {args.workers}")
     if args.limit is not None and args.limit < 1:
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.corruptions.materialize import materialize, plan
     from testtime.data import load_dataset
 
+    torch.set_num_threads(args.threads)
     split = load_dataset(args.dataset, args.split, root=args.root)
     if args.limit is not None:
         split = split.take(np.arange(min(args.limit, len(split))))
@@ -113,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.grid} ({len(names)} corruptions x clean + 5 severities, {split.name}[{args.index}])")
         return 0
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     plan(split, args.out, corruptions=names, severities=sevs, seed=args.seed, params=args.params,
          chunk_size=args.chunk_size)  # fmt: skip
     paths = materialize(
@@ -155,7 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--chunk-size", type=int, default=1000, help="images per corruption call and per seed (default: 1000)"
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads with --workers 0 (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in this process (--grid, --workers 0); 1 is fastest on a busy CPU (default: 1)",
+    )
     p.add_argument(
         "--workers",
         type=int,
