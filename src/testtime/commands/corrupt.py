@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from testtime.cli import UserError
 from testtime.corruptions import PARAM_SETS, check_name, list_corruptions
 
@@ -70,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
     sevs = parse_severities(args.severities)
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size: must be positive, got {args.chunk_size}")
+    if args.params is not None and args.params not in PARAM_SETS:
+        raise UserError(f"--params: unknown parameter set {args.params!r}; valid: {', '.join(PARAM_SETS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device: not a torch device: {args.device!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device: {args.device} asked but CUDA is not available here; use --device cpu")
     if args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
     if args.workers < 0:
@@ -86,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out: {args.out} exists and is not a folder")
 
     import numpy as np
-    import torch
 
     from testtime.corruptions.materialize import materialize, plan
     from testtime.data import load_dataset
@@ -151,7 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--severities", default="1-5", help="e.g. 1-5, 5, 1,3,5 (default: 1-5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--params", choices=sorted(PARAM_SETS), help="parameter set (default: from the image size)")
+    p.add_argument("--params", help="parameter set: cifar, tiny or imagenet (default: from the image size)")
     p.add_argument(
         "--chunk-size", type=int, default=1000, help="images per corruption call and per seed (default: 1000)"
     )
