@@ -45,7 +45,7 @@ from torch import nn
 from testtime.data import ImageSplit, load_dataset, subset_per_class
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
-from testtime.train.checkpoint import _atomic_write, environment
+from testtime.train.checkpoint import _atomic_write, environment, save_modules
 from testtime.train.objectives import (
     AlignObjective,
     AlignWeights,
@@ -391,6 +391,16 @@ def run_stages(
             obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"), log=log
         )
         m.aligned = ProjectedClassifier(g, pi, sup.fc)
+        # the test-time bundle h(pi(g(.))) alone: f is not in it, so it is never loaded at test time
+        bundle_meta = {
+            **_meta(cfg, "align"),
+            "num_classes": train.num_classes,
+            "in_chans": train.channels,
+            "feature_dim": d,
+            "through_projector": True,
+            "method": "cta",
+        }
+        save_modules(run_dir / "cta", {"encoder": g, "projector": pi, "head": sup.fc}, bundle_meta)
     if "probe" in need:
         assert m.ssl is not None
         feats = nn.Sequential(copy.deepcopy(m.ssl.encoder), copy.deepcopy(m.ssl.projector))
@@ -418,6 +428,19 @@ def run_stages(
             obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"), log=log
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
+    if log and isinstance(data, PipelineData):
+        for label, mdl in (
+            ("supervised", m.supervised),
+            ("ssl, not aligned", m.ssl),
+            ("aligned", m.aligned),
+            ("ssl+probe", m.probe),
+            ("y-model", m.joint),
+        ):
+            if mdl is not None:
+                log(
+                    f"[clean] {label}: {clean_accuracy(mdl, data.test, device=cfg.device):.2f}% "
+                    f"on {len(data.test)} test images"
+                )
     return m
 
 

@@ -1,0 +1,104 @@
+"""Deployment API: wrap a trained CTA bundle (or any testtime method) into an object that takes a
+batch of images and returns predictions while adapting.
+
+Example::
+
+    from testtime.api import Adapter, load_bundle
+    bundle = load_bundle("runs/cifar10-cpu/cta")            # h(pi(g(.))); f is not in the file
+    adapter = Adapter(bundle, method="cta", steps=20, lr=1e-6)
+    preds = adapter(images)      # uint8 (B, H, W, C) numpy or float (B, C, H, W) in [0, 1]; B >= 2
+    adapter.reset()              # back to the aligned weights
+
+With ``episodic=True`` (the default, the CTA paper's protocol) every call starts from the aligned
+weights; with ``episodic=False`` adaptation accumulates over calls until :meth:`Adapter.reset`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from testtime.methods import create_method
+from testtime.models import create_model
+from testtime.models.heads import ProjectedClassifier, projector
+from testtime.train.checkpoint import load_modules, read_meta
+
+
+def load_bundle(path: str | os.PathLike) -> ProjectedClassifier:
+    """Rebuild the test-time bundle ``h(pi(g(.)))`` saved by the alignment stage (``<run_dir>/cta``).
+
+    The file holds g, pi and h only; the supervised encoder f is never read. The sidecar's sha256 is
+    checked before any tensor is parsed; a checkpoint of another architecture fails clearly.
+    """
+    meta = read_meta(path)["meta"]
+    for key in ("arch", "num_classes", "in_chans", "feature_dim"):
+        if key not in meta:
+            raise ValueError(f"{path}: not a CTA bundle (its sidecar has no {key!r}); use <run_dir>/cta")
+    base = create_model(meta["arch"], int(meta["num_classes"]), in_chans=int(meta["in_chans"]))
+    bundle = ProjectedClassifier(
+        base.encoder,
+        projector(int(meta["feature_dim"])),
+        base.fc,
+        through_projector=bool(meta.get("through_projector", True)),
+    )
+    load_modules(path, {"encoder": bundle.encoder, "projector": bundle.projector, "head": bundle.head})
+    return bundle.eval()
+
+
+class Adapter:
+    """Predict while adapting: ``adapter(images) -> labels (B,)``; :meth:`reset` restores the start.
+
+    Args:
+        model: a bundle (``ProjectedClassifier`` for cta / cta-c / y-model) or a classifier for the
+            other methods.
+        method: a registered method name (``testtime.methods.list_methods()``).
+        episodic: reset before every call (CTA's protocol) instead of adapting continually.
+        device: ``"cpu"``, ``"cuda"``, ...
+        **config: overrides of the method's config (``steps``, ``lr``, ``tau``, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "cta",
+        *,
+        episodic: bool = True,
+        device: str | torch.device = "cpu",
+        **config: Any,
+    ) -> None:
+        self.device = torch.device(device)
+        self.method = create_method(method, model, **config).to(self.device)
+        self.episodic = episodic
+
+    def _to_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8 or images.ndim != 4:
+                raise ValueError(f"images: a numpy batch must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
+            return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div(255.0)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+            raise ValueError("images: expected uint8 numpy (B, H, W, C) or a float tensor (B, C, H, W) in [0, 1]")
+        return images.to(self.device)
+
+    def logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Adapt on the batch and return its logits (B, K) (predicted after the update for CTA)."""
+        x = self._to_batch(images)
+        if self.episodic:
+            self.method.reset()
+        return self.method.step(x)
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Predicted labels (B,) int64."""
+        return self.logits(images).argmax(1)
+
+    def reset(self) -> None:
+        """Back to the weights (and optimiser / random state) the adapter started from."""
+        self.method.reset()
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Updates skipped because the loss or the weights were not finite."""
+        return int(self.method.nonfinite_steps)
