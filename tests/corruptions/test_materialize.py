@@ -86,3 +86,10 @@ def test_worker_processes_give_the_same_bytes(split, tmp_path):
     )
     for name in ("motion_blur", "frost"):
         assert np.array_equal(np.load(tmp_path / "a" / f"{name}.npy"), np.load(tmp_path / "b" / f"{name}.npy"))
+
+
+def test_frost_too_large_refused_before_writing(tmp_path):
+    big = ImageSplit(np.zeros((2, 100, 100, 3), np.uint8), np.zeros(2, np.int64), ("a",), "big")
+    with pytest.raises(ValueError, match="images: 100x100 is too large for frost with parameter set 'cifar'"):
+        materialize(big, tmp_path / "o", corruptions=["fog", "frost"], params="cifar", progress=False)
+    assert not (tmp_path / "o").exists()

@@ -68,6 +68,14 @@ def check_severity(severity: object) -> int:
     return int(severity)
 
 
+def check_feasible(name: str, params: str, height: int, width: int) -> None:
+    """Raise (before any work) if corruption ``name`` cannot run on ``height`` x ``width`` images
+    with parameter set ``params`` (frost: the scaled photographs must cover the image; the frost
+    files must be installed)."""
+    if name == "frost":
+        weather.check_frost_size(PARAM_SETS[params], height, width)
+
+
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
     """A ``torch.Generator`` from an int seed (a new CPU generator), a generator (used as is) or None.
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from testtime.corruptions.core import check_name, check_severity, corrupt
+from testtime.corruptions.core import check_feasible, check_name, check_severity, corrupt
 from testtime.corruptions.params import PARAM_SETS, resolve_params
 from testtime.data.split import ImageSplit
 
@@ -78,6 +78,7 @@ class CorruptedSplit:
         if params is not None and params not in PARAM_SETS:
             raise ValueError(f"params: unknown parameter set {params!r}; valid: {', '.join(PARAM_SETS)}")
         self.params = resolve_params(params, h, w)
+        check_feasible(self.name, self.params, h, w)
         self.split = split
         self.seed = int(seed)
         self.chunk_size = chunk_size

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from testtime.corruptions.core import check_name, check_severity
+from testtime.corruptions.core import check_feasible, check_name, check_severity
 from testtime.corruptions.dataset import DEFAULT_CHUNK, CorruptedSplit
 from testtime.corruptions.params import PARAM_SETS, resolve_params
 from testtime.data.split import ImageSplit
@@ -102,6 +102,8 @@ def plan(
         raise ValueError(f"params: unknown parameter set {params!r}; valid: {', '.join(PARAM_SETS)}")
     h, w = split.image_size
     pset = resolve_params(params, h, w)
+    for name in names:
+        check_feasible(name, pset, h, w)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")

@@ -10,6 +10,7 @@ import torch
 
 from testtime.corruptions import _ops
 from testtime.corruptions.frost import frost_textures
+from testtime.corruptions.params import ParamSet
 from testtime.corruptions.registry import CORRUPTIONS, Context
 
 
@@ -37,6 +38,16 @@ def snow(x: torch.Tensor, p: tuple, ctx: Context) -> torch.Tensor:
     return x + layer + torch.flip(layer, dims=(2, 3))
 
 
+def check_frost_size(pset: ParamSet, h: int, w: int) -> None:
+    """ValueError unless every frost photograph, scaled for ``pset``, is larger than h x w."""
+    for t in frost_textures(pset.frost_scale):
+        if t.shape[0] <= h or t.shape[1] <= w:
+            raise ValueError(
+                f"images: {h}x{w} is too large for frost with parameter set {pset.name!r} "
+                f"(texture {t.shape[0]}x{t.shape[1]} after scaling by {pset.frost_scale})"
+            )
+
+
 @CORRUPTIONS.register("frost", family="weather", random=True, rgb=True)
 def frost(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor:
     """``p[0] * x + p[1] * frost``, frost a random crop of one of the five frost photographs.
@@ -46,13 +57,8 @@ def frost(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor
     position uniform over the valid range.
     """
     n, _, h, w = x.shape
+    check_frost_size(ctx.pset, h, w)
     textures = frost_textures(ctx.pset.frost_scale)
-    for t in textures:
-        if t.shape[0] <= h or t.shape[1] <= w:
-            raise ValueError(
-                f"images: {h}x{w} is too large for frost with parameter set {ctx.pset.name!r} "
-                f"(texture {t.shape[0]}x{t.shape[1]} after scaling by {ctx.pset.frost_scale})"
-            )
     which = ctx.rng.randint(0, len(textures), (n,)).cpu()
     u = ctx.rng.uniform((n, 2), 0.0, 1.0, dtype=torch.float64).cpu()
     layer = torch.empty(n, 3, h, w, dtype=x.dtype, device=x.device)
