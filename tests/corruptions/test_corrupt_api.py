@@ -99,3 +99,20 @@ def test_grey_images(tiny):
 def test_empty_batch():
     out = corrupt(np.zeros((0, 32, 32, 3), np.uint8), "fog", 2, seed=0)
     assert out.shape == (0, 32, 32, 3)
+
+
+def test_missing_frost_files_say_how_to_install(monkeypatch, tiny):
+    import importlib.metadata
+
+    from testtime.corruptions import frost
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    frost.frost_textures.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"pip install --no-deps imagecorruptions==1\.1\.2"):
+            corrupt(tiny, "frost", 1, seed=0)
+    finally:
+        frost.frost_textures.cache_clear()
