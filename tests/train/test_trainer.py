@@ -188,3 +188,11 @@ def test_alignment_keeps_f_frozen_and_reduces_eq4():
 
 def _sup_like(model):
     return SupervisedObjective(model.encoder, model.fc)
+
+
+def test_final_checkpoint_of_another_config_is_refused(tmp_path):
+    data = _split()
+    fit(_sup_objective(), data, CFG, tmp_path, "s", log=None)
+    other = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.5, checkpoint_every=3, log_every=100)
+    with pytest.raises(ValueError, match="another train config"):
+        fit(_sup_objective(), data, other, tmp_path, "s", log=None)

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -77,6 +78,11 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return cfg.final_lr + 0.5 * (cfg.lr - cfg.final_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from a JSON sidecar (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -144,7 +150,13 @@ def fit(
     final = Path(run_dir) / name if run_dir is not None else None
     resume_path = Path(run_dir) / f"{name}.resume" if run_dir is not None else None
     if final is not None and resume and checkpoint_exists(final):
-        tensors, _ = load_checkpoint(final)
+        tensors, fmeta = load_checkpoint(final)
+        for key in ("train_config", "stage_config"):
+            if key in fmeta and fmeta.get(key) != _jsonable(meta.get(key)):
+                raise ValueError(
+                    f"{final}.safetensors was trained with another {key.replace('_', ' ')}; "
+                    "use another --run-dir or delete it to retrain"
+                )
         load_module_tensors(objective.modules, tensors, source=str(final))
         if log:
             log(f"[{name}] final checkpoint exists, loaded {final}.safetensors (delete it to retrain)")
@@ -161,7 +173,7 @@ def fit(
     start = 0
     if resume_path is not None and resume and checkpoint_exists(resume_path):
         tensors, rmeta = load_checkpoint(resume_path)
-        if rmeta.get("train_config") != meta["train_config"]:
+        if rmeta.get("train_config") != _jsonable(meta["train_config"]):
             raise ValueError(
                 f"{resume_path}.json was written with another training config; delete it to restart "
                 "or run with the same settings"
