@@ -1,0 +1,74 @@
+"""Presets, typed configs and overrides; a tiny end-to-end stage run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from testtime.commands.train import list_presets, load_config
+from testtime.data.split import ImageSplit
+from testtime.train.pipeline import PipelineConfig, PipelineData, config_from_dict, per_class_rows, run_stages
+
+
+@pytest.mark.parametrize("preset", ["cifar10-cpu", "fmnist-cpu", "paper", "demo"])
+def test_every_shipped_preset_builds_a_typed_config(preset):
+    assert preset in list_presets()
+    cfg = load_config(preset, None, [])
+    assert isinstance(cfg, PipelineConfig) and cfg.name == preset
+    assert cfg.ssl.tau == 0.01 and cfg.align.weights.tau == 0.5  # the paper's temperatures
+
+
+def test_paper_preset_has_table3_settings():
+    cfg = load_config("paper", None, [])
+    assert cfg.model.arch == "resnet50"
+    for t in (cfg.supervised, cfg.ssl.train, cfg.align.train):
+        assert (t.epochs, t.batch_size, t.lr, t.final_lr, t.warmup_epochs) == (50, 256, 5e-4, 1e-6, 2)
+    assert (cfg.ttt.lr, cfg.ttt.steps, cfg.ttt.batch_size) == (1e-6, 20, 128)
+
+
+def test_overrides_and_bad_keys():
+    cfg = load_config("cifar10-cpu", None, ["ssl.train.epochs=7", "ttt.lr=1e-4", "align.weights.con_weight=1"])
+    assert cfg.ssl.train.epochs == 7 and cfg.ttt.lr == 1e-4 and cfg.align.weights.con_weight == 1.0
+    with pytest.raises(ValueError, match="unknown key.*ssl.bogus"):
+        load_config("cifar10-cpu", None, ["ssl.bogus=1"])
+    with pytest.raises(ValueError, match="ttt.steps: expected an integer"):
+        load_config("cifar10-cpu", None, ["ttt.steps=abc"])
+    with pytest.raises(ValueError, match="ssl.init"):
+        config_from_dict(PipelineConfig, {"ssl": {"init": "imagenet"}})
+    from testtime.cli import UserError
+
+    with pytest.raises(UserError, match="unknown preset 'nope'; valid: cifar10-cpu"):
+        load_config("nope", None, [])
+
+
+def test_per_class_rows_are_seeded_and_disjoint():
+    labels = np.repeat(np.arange(3), 10)
+    a = per_class_rows(labels, 4, seed=0)
+    b = per_class_rows(labels, 4, seed=1, exclude=a)
+    assert len(a) == 12 and len(b) == 12 and not set(a) & set(b)
+    assert np.array_equal(a, per_class_rows(labels, 4, seed=0))
+
+
+def test_tiny_pipeline_runs_every_stage_and_writes_the_bundle(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(64, dtype=np.int64) % 2
+    imgs = (rng.integers(0, 60, (64, 16, 16, 3)) + labels[:, None, None, None] * 150).astype(np.uint8)
+    split = ImageSplit(imgs, labels, ("dark", "light"), "toy")
+    tiny = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "log_every": 100}
+    cfg = config_from_dict(
+        PipelineConfig,
+        {
+            "supervised": tiny,
+            "ssl": {"train": tiny},
+            "align": {"train": tiny},
+            "probe": {"train": tiny},
+            "joint": {"train": tiny},
+        },
+    )
+    m = run_stages(cfg, tmp_path, PipelineData(split, split, split), log=None)
+    assert m.aligned is not None and m.probe is not None and m.joint is not None
+    for stage in ("supervised", "ssl", "align", "probe", "joint", "cta"):
+        assert (tmp_path / f"{stage}.safetensors").is_file() and (tmp_path / f"{stage}.json").is_file()
+    from testtime.api import load_bundle
+
+    assert load_bundle(tmp_path / "cta").head.out_features == 2
