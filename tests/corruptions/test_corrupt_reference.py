@@ -203,8 +203,11 @@ def test_canny_step_edge_and_distance_transform_hand_computed():
     zero = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
     zero[0, 0, 0, 0] = True
     d = _ops.distance_transform(zero, 20.0)[0, 0]
-    assert d[0, 1] == 1 and d[1, 1] == pytest.approx(1.4) and d[1, 2] == pytest.approx(2.1969)
-    assert d[0, 2] == 2 and d[2, 2] == pytest.approx(2.8) and d[4, 4] == pytest.approx(5.6)
+    # OpenCV's fixed-point weights: a = 65536, b = round(1.4 * 65536) = 91750, c = round(2.1969 * 65536) = 143976
+    a, b, c = 1.0, 91750 / 65536, 143976 / 65536
+    assert d[0, 1] == a and d[1, 1] == pytest.approx(b, abs=1e-6) and d[1, 2] == pytest.approx(c, abs=1e-6)
+    assert d[0, 2] == 2 * a and d[2, 2] == pytest.approx(2 * b, abs=1e-6) and d[4, 4] == pytest.approx(4 * b, abs=1e-6)
+    assert d[3, 4] == pytest.approx(c + 2 * b, abs=1e-6)  # (3, 4) = (1, 2) + 2 x (1, 1)
 
 
 def test_equalize_hist_hand_computed():

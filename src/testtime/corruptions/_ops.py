@@ -433,31 +433,41 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return edges
 
 
+_DIST_SHIFT = 16  # OpenCV distanceTransform: fixed point with 16 fractional bits
+
+
+def _fix(v: float) -> int:
+    """OpenCV ``CV_FLT_TO_FIX(v, 16)`` of a float32 metric: ``cvRound(v * 2^16)``."""
+    return int(np.rint(np.float32(v).astype(np.float64) * (1 << _DIST_SHIFT)))
+
+
 _CHAMFER5 = (
-    [((dr, dc), 1.0) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0))]
-    + [((dr, dc), 1.4) for dr, dc in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
-    + [((dr, dc), 2.1969) for dr, dc in ((1, 2), (2, 1), (-1, 2), (-2, 1), (1, -2), (2, -1), (-1, -2), (-2, -1))]
+    [((dr, dc), _fix(1.0)) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0))]
+    + [((dr, dc), _fix(1.4)) for dr, dc in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+    + [((dr, dc), _fix(2.1969)) for dr, dc in ((1, 2), (2, 1), (-1, 2), (-2, 1), (1, -2), (2, -1), (-1, -2), (-2, -1))]
 )
 
 
 def distance_transform(zero: torch.Tensor, cap: float) -> torch.Tensor:
     """OpenCV ``distanceTransform(DIST_L2, 5)`` up to ``cap``: chamfer distance (a=1, b=1.4, c=2.1969).
 
-    ``zero`` (N, 1, H, W) bool marks the source pixels (value 0 in OpenCV's input). Distances are
-    computed exactly up to ``cap`` and saturate at ``cap`` beyond (outside the image is no source).
+    ``zero`` (N, 1, H, W) bool marks the source pixels (value 0 in OpenCV's input). Like OpenCV,
+    the path lengths are sums of fixed-point weights (``round(w * 2^16)``) converted to float32 at
+    the end. Distances are exact up to ``cap`` and saturate at ``cap`` beyond (outside the image
+    is no source). Returns float32 (N, 1, H, W).
     """
-    big = cap + 10.0
-    d = torch.where(zero, torch.zeros_like(zero, dtype=torch.float64), torch.full_like(zero, big, dtype=torch.float64))
+    limit = int((cap + 3) * (1 << _DIST_SHIFT))
+    d = torch.where(zero, 0, limit).to(torch.int32)
     _, _, h, w = d.shape
-    for _ in range(int(cap) + 2):
-        dp = F.pad(d, (2, 2, 2, 2), value=big)
+    for _ in range(int(cap) + 2):  # every move costs >= 1, so paths up to cap have <= cap moves
+        dp = F.pad(d, (2, 2, 2, 2), value=limit)
         new = d
         for (dr, dc), wgt in _CHAMFER5:
             new = torch.minimum(new, dp[..., 2 + dr : 2 + dr + h, 2 + dc : 2 + dc + w] + wgt)
         if torch.equal(new, d):
             break
         d = new
-    return d.clamp(max=cap)
+    return (d.to(torch.float32) * (1.0 / (1 << _DIST_SHIFT))).clamp(max=cap)
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:

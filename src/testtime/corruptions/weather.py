@@ -105,7 +105,7 @@ def spatter(x: torch.Tensor, p: tuple, ctx: Context) -> torch.Tensor:
     A liquid layer ``gaussian(N(loc, scale^2), sigma)`` zeroed below ``threshold`` (one per image).
     Water: the layer's 8-bit Canny edges (50, 150), their chamfer distance transform capped at 20,
     3x3 box blur, histogram equalisation, an emboss filter, another box blur; the product with
-    the layer, normalised to its maximum and scaled by ``intensity``, adds pale turquoise
+    the 8-bit layer, normalised to its maximum and scaled by ``intensity``, adds pale turquoise
     (175, 238, 238). Mud: the mask ``layer > threshold`` blurred with sigma ``intensity``, zeroed
     below 0.8, blends towards brown (63, 42, 20).
     """
@@ -118,11 +118,12 @@ def spatter(x: torch.Tensor, p: tuple, ctx: Context) -> torch.Tensor:
         l8 = torch.remainder(torch.floor(liquid * 255), 256)  # (liquid * 255).astype(np.uint8)
         edges = _ops.canny(l8, 50.0, 150.0)
         dist = _ops.distance_transform(edges, 20.0)  # 255 - edges is 0 exactly on edges
-        dist = torch.floor(_ops.box3(dist) + 1e-9)  # blur, astype(uint8)
+        # blur (OpenCV sums float32 input in double, scales, stores float32), then astype(uint8)
+        dist = torch.floor(_ops.box3(dist.to(torch.float64)).to(torch.float32)).to(torch.float64)
         dist = _ops.equalize_hist(dist)
         dist = _ops.cv_round(_ops.correlate2d(dist, _EMBOSS, "reflect101"))  # filter2D(CV_8U)
         dist = _ops.cv_round(_ops.box3(dist))  # blur on uint8
-        m = liquid * dist
+        m = l8 * dist  # the generator has rebound liquid_layer to its uint8 version here
         mx = m.amax(dim=(1, 2, 3), keepdim=True)
         m = torch.where(mx > 0, m / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(m)) * inten
         color = torch.tensor(_WATER, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
