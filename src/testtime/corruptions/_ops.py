@@ -411,9 +411,10 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     def nb(dr: int, dc: int) -> torch.Tensor:
         return mp[..., 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
 
-    xs, ys = dx.abs(), dy.abs()
-    tg22 = xs * 0.4142135623730950488
-    tg67 = tg22 + 2 * xs
+    # OpenCV's fixed-point sector test: CANNY_SHIFT = 15, TG22 = round(tan(22.5 deg) * 2^15) = 13573
+    xs, ys = dx.abs(), dy.abs() * 32768.0
+    tg22 = xs * 13573.0
+    tg67 = tg22 + xs * 65536.0
     horiz = ys < tg22
     vert = ~horiz & (ys > tg67)
     diag = ~horiz & ~vert
