@@ -56,6 +56,7 @@ def test_interrupted_run_resumes_and_matches(split, tmp_path, monkeypatch):
     assert [p.name for p in (run_dir / ".partial").iterdir()] == ["snow-1.npy"]
     assert not list(run_dir.glob(".*.tmp-*"))  # nothing half-written
 
+    (run_dir / ".partial" / ".snow-2.npy.tmp-99999").write_bytes(b"half a file from a killed worker")
     monkeypatch.setattr(mat_module, "_write_block", real)
     done = []
     monkeypatch.setattr(mat_module, "_write_block", lambda *a, **k: done.append(a[1:3]) or real(*a, **k))
@@ -63,6 +64,7 @@ def test_interrupted_run_resumes_and_matches(split, tmp_path, monkeypatch):
     assert done == [("snow", 2), ("snow", 3), ("snow", 4), ("snow", 5)]  # only what was missing
     for name in ("gaussian_noise", "snow"):
         assert np.array_equal(np.load(run_dir / f"{name}.npy"), np.load(ref_dir / f"{name}.npy"))
+    assert not (run_dir / ".partial").exists()
 
 
 def test_other_settings_refused_before_writing(split, tmp_path):

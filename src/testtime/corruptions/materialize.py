@@ -212,6 +212,9 @@ def materialize(
         tmp.write_text(json.dumps(record, indent=1) + "\n")
 
     _atomic(out / MANIFEST, write_manifest)
+    for folder in (out, partial):  # temporaries left by a killed run (never a finished file)
+        for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+            stale.unlink(missing_ok=True)
     label_dtype = np.uint8 if split.num_classes <= 256 else np.int64
     labels = np.tile(split.labels, len(sevs)).astype(label_dtype)
     lpath = out / "labels.npy"
