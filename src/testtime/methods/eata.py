@@ -21,15 +21,20 @@ from testtime.methods.tent import bn_affine_params, confident_example_model, con
 
 
 @dataclass(frozen=True)
-class EATAConfig(MethodConfig):
-    """EATA's defaults (mr-eggplant/EATA ``main.py``).
+class EntropyFilterConfig(MethodConfig):
+    """The reliable-sample entropy filter of EATA (Eq. 3) that SAR reuses (Eq. 2), with the optimiser
+    both official codes use (SGD, lr 0.00025, momentum 0.9, one step per batch).
 
-    - ``e_margin``: E_0, the entropy margin of Eq. 3/6; ``None`` means ``e_margin_scale * ln C``
-      with C the number of classes (the paper: 0.4 ln 1000 on ImageNet).
-    - ``d_margin``: epsilon, the cosine-similarity redundancy margin of Eq. 5 (0.05).
-    - ``prob_momentum``: the moving average of the mean prediction used by Eq. 5 (0.9 in the code).
-    - ``fisher_alpha``: beta, the weight of the Fisher regulariser of Eq. 8 (2000).
-    - optimiser: SGD, lr 0.00025, momentum 0.9 (ImageNet, batch 64).
+    A sample is reliable when its prediction entropy E is below E_0 (:meth:`e0`):
+
+    - ``e_margin``: E_0 itself; ``None`` means ``e_margin_scale * ln C`` with C the number of classes
+      (both papers: 0.4 ln 1000 on ImageNet).
+    - ``e_margin_scale``: the factor of ``ln C`` (0.4).
+
+    Example::
+
+        >>> round(EntropyFilterConfig().e0(10), 4)  # 0.4 ln 10
+        0.921
     """
 
     steps: int = 1
@@ -38,6 +43,23 @@ class EATAConfig(MethodConfig):
     momentum: float = 0.9
     e_margin: float | None = None
     e_margin_scale: float = 0.4
+
+    def e0(self, num_classes: int) -> float:
+        """E_0 for ``num_classes`` classes: ``e_margin`` if set, else ``e_margin_scale * ln C``."""
+        return float(self.e_margin) if self.e_margin is not None else self.e_margin_scale * math.log(num_classes)
+
+
+@dataclass(frozen=True)
+class EATAConfig(EntropyFilterConfig):
+    """EATA's defaults (mr-eggplant/EATA ``main.py``).
+
+    - ``e_margin`` / ``e_margin_scale``: E_0 of Eq. 3/6, see :class:`EntropyFilterConfig`
+      (0.4 ln C; the optimiser there too: SGD, lr 0.00025, momentum 0.9, ImageNet batch 64).
+    - ``d_margin``: epsilon, the cosine-similarity redundancy margin of Eq. 5 (0.05).
+    - ``prob_momentum``: the moving average of the mean prediction used by Eq. 5 (0.9 in the code).
+    - ``fisher_alpha``: beta, the weight of the Fisher regulariser of Eq. 8 (2000).
+    """
+
     d_margin: float = 0.05
     prob_momentum: float = 0.9
     fisher_alpha: float = 2000.0
@@ -107,9 +129,8 @@ class EATA(Method):
         return bn_affine_params(self, self.model)
 
     def e0(self, num_classes: int) -> float:
-        """E_0 of Eq. 3 for ``num_classes`` classes."""
-        c = self.config
-        return float(c.e_margin) if c.e_margin is not None else c.e_margin_scale * math.log(num_classes)
+        """E_0 of Eq. 3 for ``num_classes`` classes (:meth:`EntropyFilterConfig.e0`)."""
+        return self.config.e0(num_classes)
 
     # ----- Fisher regulariser (Eq. 7-8) ---------------------------------------------------
     def compute_fisher(self, source_batches: Iterable) -> int:

@@ -15,32 +15,28 @@ import torch
 from torch import nn
 
 from testtime.losses.entropy import softmax_entropy
-from testtime.methods.base import Method, MethodConfig, Requirements, register_method, use_batch_statistics
+from testtime.methods.base import Method, Requirements, register_method, use_batch_statistics
+from testtime.methods.eata import EntropyFilterConfig
 from testtime.methods.tent import confident_example_model
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 @dataclass(frozen=True)
-class SARConfig(MethodConfig):
+class SARConfig(EntropyFilterConfig):
     """SAR's defaults (mr-eggplant/SAR ``sar.py`` / ``main.py``).
 
-    - ``e_margin``: E_0 of Eq. 2; ``None`` means ``e_margin_scale * ln C`` (0.4 ln 1000 in the paper).
+    - ``e_margin`` / ``e_margin_scale``: E_0 of Eq. 2, EATA's reliable-sample filter (see
+      :class:`~testtime.methods.eata.EntropyFilterConfig`: 0.4 ln C; base optimiser SGD, lr 0.00025,
+      momentum 0.9, batch size >= 32).
     - ``rho``: the SAM neighbourhood radius of Eq. 4 (0.05).
     - ``reset_constant``: e_m, recover the source weights when the moving average of the loss drops
       below it (0.2, Section 4); ``ema_momentum`` 0.9 is that moving average's momentum.
     - ``exclude``: adapted-parameter name fragments that are skipped (the code leaves the top stage of a
       ResNet-50 frozen: ``layer4``; in this package's 4-stage ResNets that stage is ``encoder.layers.3.``;
       CIFAR ResNets have 3 stages, so nothing is skipped there).
-    - base optimiser: SGD, lr 0.00025, momentum 0.9 (batch size >= 32).
     """
 
-    steps: int = 1
-    lr: float = 0.00025
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    e_margin: float | None = None
-    e_margin_scale: float = 0.4
     rho: float = 0.05
     reset_constant: float = 0.2
     ema_momentum: float = 0.9
@@ -106,8 +102,8 @@ class SAR(Method):
         return [(n, p) for n, p in self.named_parameters() if id(p) in ids]
 
     def e0(self, num_classes: int) -> float:
-        c = self.config
-        return float(c.e_margin) if c.e_margin is not None else c.e_margin_scale * math.log(num_classes)
+        """E_0 of Eq. 2 for ``num_classes`` classes (:meth:`EntropyFilterConfig.e0`)."""
+        return self.config.e0(num_classes)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         logits = self.model(x)  # (B, K)
