@@ -14,7 +14,8 @@ As in the official code (torchvision transforms applied to a whole batch tensor)
 parameters is drawn per call and shared by the batch (the noise is per pixel);
 ``per_image=True`` draws the factors, the affine map, the blur and the flip per image instead.
 Colour operations follow torchvision's semantics (contrast blends with the mean grey level,
-saturation with the grey image, hue rotates the HSV hue by a fraction of a turn).
+saturation with the grey image, hue rotates the HSV hue by a fraction of a turn); brightness,
+contrast, saturation and hue are the package's :mod:`testtime.transforms.functional` ops.
 
 Example::
 
@@ -32,7 +33,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_LUMA = (0.299, 0.587, 0.114)
+from testtime.transforms.functional import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+
+__all__ = [
+    "CoTTAAugConfig", "adjust_brightness", "adjust_contrast", "adjust_gamma", "adjust_hue", "adjust_saturation",
+    "affine", "cotta_augment", "gaussian_blur",
+]
 
 
 @dataclass(frozen=True)
@@ -80,58 +86,9 @@ def _f(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
 
 
-def grey(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma (B, 1, H, W); grey input is returned as is."""
-    if x.shape[1] == 1:
-        return x
-    return (_LUMA[0] * x[:, 0] + _LUMA[1] * x[:, 1] + _LUMA[2] * x[:, 2]).unsqueeze(1)  # (B, 1, H, W)
-
-
-def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * _f(f, x)).clamp(0, 1)
-
-
-def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    m = grey(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return ((x - m) * _f(f, x) + m).clamp(0, 1)
-
-
-def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    g = grey(x)
-    return ((x - g) * _f(f, x) + g).clamp(0, 1)
-
-
 def adjust_gamma(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """``x ** gamma``, after clamping to [1e-8, 1] as the official code does (no NaN gradients)."""
     return x.clamp(1e-8, 1.0).pow(_f(f, x)).clamp(0, 1)
-
-
-def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue by ``f`` turns (f in [-0.5, 0.5]), torchvision's convention."""
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x.unbind(1)  # (B, H, W) each
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    v = maxc
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    d = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + f.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)) % 1.0
-    i = torch.floor(h * 6.0)
-    fr = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * fr), v * (1 - s * (1 - fr))
-    i = i.long() % 6
-    sel = [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
-    out = torch.zeros_like(x)
-    for k, c in enumerate(sel):
-        out = torch.where((i == k).unsqueeze(1), c, out)
-    return out.clamp(0, 1)
 
 
 def affine(
@@ -182,7 +139,7 @@ def cotta_augment(x: torch.Tensor, g: torch.Generator, cfg: CoTTAAugConfig | Non
            2: (adjust_saturation, cfg.saturation), 3: (adjust_hue, cfg.hue), 4: (adjust_gamma, cfg.gamma)}
     for k in torch.randperm(5, generator=g).tolist():
         fn, (lo, hi) = ops[k]
-        x = fn(x, _uniform(n, lo, hi, g))
+        x = fn(x, _uniform(n, lo, hi, g).to(x.device))  # factors (B or 1,)
     ph, pw = h // 2, w // 2
     x = F.pad(x, (pw, pw, ph, ph), mode="replicate")  # (B, C, 2H, 2W), edge padding
     hh, ww = x.shape[-2:]
