@@ -3,37 +3,23 @@ paper (Wang et al., CVPR 2022, Eq. 1-6) computed by hand."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from testtime.methods import create_method
 from testtime.methods.cotta import CoTTAConfig
 from testtime.transforms.cotta_aug import CoTTAAugConfig, cotta_augment
 
-
-class Tiny(nn.Module):
-    def __init__(self, k: int = 3, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, k)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
 NAMES = ["conv.weight", "bn.weight", "bn.bias", "fc.weight", "fc.bias"]
 
 
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    m = Tiny()
-    with torch.no_grad():
-        m.bn.weight.uniform_(0.5, 1.5)
-        m.fc.weight.mul_(4.0)
-    return m
+@pytest.fixture
+def tiny(make_tiny):
+    """``tiny(seed=0)``: the conftest model with BN weights in [0.5, 1.5] and the classifier x4."""
+    return functools.partial(make_tiny, weight=(0.5, 1.5), fc_scale=4.0)
 
 
 def ref_forward(p, x, eps=1e-5):
@@ -44,9 +30,10 @@ def ref_forward(p, x, eps=1e-5):
     return h.clamp_min(0).mean(dim=(2, 3)) @ p["fc.weight"].T + p["fc.bias"]
 
 
-def batch(seed, n=8):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 8, 8, generator=g) * 0.5 + torch.rand(n, 3, 1, 1, generator=g) * 0.5
+@pytest.fixture
+def batch(colour_batch):
+    """``batch(seed)``: 8 images, half noise, half a per-image colour."""
+    return functools.partial(colour_batch, n=8, noise=0.5, cast=0.5)
 
 
 def test_paper_defaults():
@@ -60,7 +47,7 @@ def test_paper_defaults():
 # ap = 0.0: the plain teacher output; at the first step the teacher equals the student, so the gradient
 # of Eq. 1 is ~0 (p - q = 0) and Adam would normalise rounding noise: that case is checked with SGD.
 @pytest.mark.parametrize("ap,optimizer", [(1.0, "adam"), (0.0, "sgd")])
-def test_one_step_matches_the_paper(ap, optimizer):
+def test_one_step_matches_the_paper(ap, optimizer, tiny, batch):
     lr, mt, rst, n_aug, seed = 0.05, 0.9, 0.3, 4, 7
     model = tiny()
     src = {n: p.detach().clone() for n, p in tiny().named_parameters()}
@@ -104,7 +91,7 @@ def test_one_step_matches_the_paper(ap, optimizer):
     assert restored > 0  # with p = 0.3 some weights went back to their source values
 
 
-def test_reset_restores_teacher_and_anchor():
+def test_reset_restores_teacher_and_anchor(tiny, batch):
     m = create_method("cotta", tiny(), n_augmentations=2, lr=0.05)
     t0 = {k: v.clone() for k, v in m.teacher.state_dict().items()}
     m(batch(1))
@@ -113,7 +100,7 @@ def test_reset_restores_teacher_and_anchor():
     assert all(torch.equal(v, t0[k]) for k, v in m.teacher.state_dict().items())
 
 
-def test_bad_config_fails_clearly():
+def test_bad_config_fails_clearly(tiny):
     with pytest.raises(ValueError, match="cotta: need 0 <= mt <= 1"):
         create_method("cotta", tiny(), mt=1.5)
     with pytest.raises(ValueError, match="cotta: x must be a float tensor"):

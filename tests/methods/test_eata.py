@@ -3,59 +3,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from testtime.methods import create_method
 from testtime.methods.eata import EATAConfig
 from testtime.models import create_model
 
 
-class Tiny(nn.Module):
-    def __init__(self, k: int = 3, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, k)
+@pytest.fixture
+def tiny(make_tiny):
+    """``tiny(seed=0)``: the conftest model with BN weights in [0.5, 1.5], biases in [-0.2, 0.2] and the
+    classifier x15: confident enough that part of a batch passes E < 0.4 ln 3."""
+    return functools.partial(make_tiny, weight=(0.5, 1.5), bias=(-0.2, 0.2), fc_scale=15.0)
 
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    m = Tiny()
-    with torch.no_grad():
-        m.bn.weight.uniform_(0.5, 1.5)
-        m.bn.bias.uniform_(-0.2, 0.2)
-        m.fc.weight.mul_(15.0)  # confident enough that part of a batch passes E < 0.4 ln 3
-    return m
-
-
-def ref_forward(m, x, gamma, beta):
-    h = F.conv2d(x, m.conv.weight.detach(), padding=1)
-    mu = h.mean(dim=(0, 2, 3), keepdim=True)
-    var = ((h - mu) ** 2).mean(dim=(0, 2, 3), keepdim=True)
-    h = (h - mu) / torch.sqrt(var + m.bn.eps) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
-    return h.clamp_min(0).mean(dim=(2, 3)) @ m.fc.weight.detach().T + m.fc.bias.detach()
-
-
-def entropy(logits):
-    p = torch.exp(logits - torch.logsumexp(logits, 1, keepdim=True))
-    return -(p * torch.log(p)).sum(1)
-
-
-def batch(seed, n=16):
-    """Random images with a per-image colour cast, so that predictions differ between images."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 8, 8, generator=g) * 0.3 + torch.rand(n, 3, 1, 1, generator=g) * 0.7
-
-
-def test_paper_defaults():
+def test_paper_defaults(tiny):
     c = EATAConfig()
     assert (c.d_margin, c.fisher_alpha, c.e_margin_scale, c.e_margin) == (0.05, 2000.0, 0.4, None)
     assert (c.optimizer, c.lr, c.momentum, c.steps) == ("sgd", 0.00025, 0.9, 1)
@@ -63,7 +28,7 @@ def test_paper_defaults():
     assert m.e0(1000) == pytest.approx(0.4 * math.log(1000))
 
 
-def reference(ref, src, xs, lr, alpha, d_margin):
+def reference(ref, src, xs, lr, alpha, d_margin, tiny_forward, entropy):
     """EATA written from the paper (Eq. 3, 5, 6, 8) with plain tensors; returns per-step records."""
     e0 = 0.4 * math.log(3)
     theta0 = [ref.bn.weight.detach().clone(), ref.bn.bias.detach().clone()]
@@ -71,14 +36,14 @@ def reference(ref, src, xs, lr, alpha, d_margin):
     fisher = [torch.zeros_like(t) for t in theta0]
     for x in src:
         g, b = (t.clone().requires_grad_(True) for t in theta0)
-        out = ref_forward(ref, x, g, b)
+        out = tiny_forward(ref, x, g, b)
         ce = -(out.log_softmax(1).gather(1, out.argmax(1, keepdim=True))).mean()
         for f, gr in zip(fisher, torch.autograd.grad(ce, [g, b])):
             f += gr**2 / len(src)
     params, buf, probs_avg, steps = [t.clone() for t in theta0], None, None, []
     for x in xs:
         g, b = (t.clone().requires_grad_(True) for t in params)
-        out = ref_forward(ref, x, g, b)
+        out = tiny_forward(ref, x, g, b)
         ent = entropy(out)
         reliable = ent < e0  # Eq. 3
         sel = reliable.clone()
@@ -100,16 +65,16 @@ def reference(ref, src, xs, lr, alpha, d_margin):
     return torch.cat(fisher), steps
 
 
-def test_two_steps_match_the_paper_computed_by_hand():
+def test_two_steps_match_the_paper_computed_by_hand(tiny, colour_batch, tiny_forward, entropy):
     lr, alpha = 0.1, 5.0
-    src = [batch(10, 8), batch(11, 8)]
-    xs = [batch(1), batch(2)]
+    src = [colour_batch(10, 8), colour_batch(11, 8)]
+    xs = [colour_batch(1), colour_batch(2)]
     # Pick epsilon so that the redundancy filter of step 2 splits the reliable samples (the tiny random
     # model's predictions are all alike, so the paper's 0.05 would drop them all).
-    _, pre = reference(tiny(), src, xs, lr, alpha, d_margin=1.0)
+    _, pre = reference(tiny(), src, xs, lr, alpha, 1.0, tiny_forward, entropy)  # d_margin = 1.0
     cos2 = pre[1]["cos"][pre[1]["reliable"]]
     d_margin = float(cos2.median())
-    fisher, steps = reference(tiny(), src, xs, lr, alpha, d_margin)
+    fisher, steps = reference(tiny(), src, xs, lr, alpha, d_margin, tiny_forward, entropy)
 
     model = tiny()
     m = create_method("eata", model, lr=lr, fisher_alpha=alpha, d_margin=d_margin)
@@ -128,24 +93,24 @@ def test_two_steps_match_the_paper_computed_by_hand():
     assert float(m.regulariser().detach()) > 0
 
 
-def test_no_fisher_warns_and_runs_as_eta():
+def test_no_fisher_warns_and_runs_as_eta(tiny, colour_batch):
     m = create_method("eata", tiny())
     with pytest.warns(UserWarning, match="no source data given to compute_fisher"):
-        m(batch(1))
+        m(colour_batch(1))
     assert float(m.regulariser().detach()) == 0.0
 
 
-def test_reset_keeps_fisher_and_restores_probs():
+def test_reset_keeps_fisher_and_restores_probs(tiny, colour_batch):
     m = create_method("eata", tiny(), lr=0.1)
-    m.compute_fisher([batch(10, 8)])
+    m.compute_fisher([colour_batch(10, 8)])
     fisher = m.fisher.clone()
-    m(batch(1))
+    m(colour_batch(1))
     assert bool(m.has_probs)
     m.reset()
     assert not bool(m.has_probs) and torch.equal(m.fisher, fisher)
 
 
-def test_bad_inputs_fail_clearly():
+def test_bad_inputs_fail_clearly(tiny):
     with pytest.raises(ValueError, match="method 'eata' adapts BatchNorm layers but the model has none"):
         create_method("eata", create_model("resnet8", 4, norm="group"))
     m = create_method("eata", tiny())

@@ -3,41 +3,26 @@ computed by hand: marginal entropy over the views, one SGD step on all parameter
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from testtime.losses.marginal_entropy import marginal_entropy
 from testtime.methods import create_method
 from testtime.methods.memo import MEMOConfig
 from testtime.transforms.augmix import AugMixConfig, augmix_views
 
-
-class Tiny(nn.Module):
-    def __init__(self, k: int = 3, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, k)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
 NAMES = ["conv.weight", "bn.weight", "bn.bias", "fc.weight", "fc.bias"]
 
 
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    m = Tiny()
-    with torch.no_grad():
-        m.bn.running_mean.uniform_(-0.1, 0.1)
-        m.bn.running_var.uniform_(0.5, 1.5)
-        m.fc.weight.mul_(4.0)
-    return m
+@pytest.fixture
+def tiny(make_tiny):
+    """``tiny(seed=0)``: the conftest model with stored BN statistics (mean in [-0.1, 0.1], variance in
+    [0.5, 1.5]) and the classifier x4."""
+    return functools.partial(make_tiny, running_mean=(-0.1, 0.1), running_var=(0.5, 1.5), fc_scale=4.0)
 
 
 def ref_forward(p, rm, rv, x, eps=1e-5):
@@ -48,14 +33,14 @@ def ref_forward(p, rm, rv, x, eps=1e-5):
     return h.clamp_min(0).mean(dim=(2, 3)) @ p["fc.weight"].T + p["fc.bias"]
 
 
-def test_paper_defaults():
+def test_paper_defaults(tiny):
     c = MEMOConfig()
     assert (c.n_views, c.lr, c.optimizer, c.momentum, c.steps, c.weight_decay) == (32, 0.005, "sgd", 0.0, 1, 0.0)
     assert c.augmix == AugMixConfig() and c.augmix.severity == 1.0 and c.augmix.width == 3
     assert create_method("memo", tiny()).requirements.supports_batch_size_1
 
 
-def test_each_image_adapted_from_the_source_and_predicted_after():
+def test_each_image_adapted_from_the_source_and_predicted_after(tiny):
     lr, n, seed = 0.5, 6, 3
     model, ref = tiny(), tiny()
     src = {k: v.detach().clone() for k, v in ref.named_parameters()}
@@ -84,7 +69,7 @@ def test_each_image_adapted_from_the_source_and_predicted_after():
     assert torch.equal(model.bn.running_mean, rm)  # eval mode: BN statistics untouched
 
 
-def test_order_before_returns_the_source_prediction():
+def test_order_before_returns_the_source_prediction(tiny):
     model = tiny()
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -105,7 +90,7 @@ def test_marginal_entropy_matches_plain_formula_and_is_finite():
     assert float(marginal_entropy(torch.zeros(4, 7))[0]) == pytest.approx(math.log(7))
 
 
-def test_bad_inputs_fail_clearly():
+def test_bad_inputs_fail_clearly(tiny):
     with pytest.raises(ValueError, match="memo: n_views must be >= 1"):
         create_method("memo", tiny(), n_views=0)
     with pytest.raises(ValueError, match="memo: x must be a float tensor"):

@@ -2,62 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from testtime.methods import create_method
 from testtime.methods.tent import TentConfig
 from testtime.models import create_model
 
 
-class Tiny(nn.Module):
-    """conv 3x3 -> BN -> ReLU -> global mean -> linear: small enough to write out by hand."""
-
-    def __init__(self, k: int = 3, width: int = 4, norm: str = "bn") -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width) if norm == "bn" else nn.GroupNorm(2, width)
-        self.fc = nn.Linear(width, k)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
-
-
-def tiny(seed=0, scale=1.0, norm="bn"):
-    torch.manual_seed(seed)
-    m = Tiny(norm=norm)
-    with torch.no_grad():
-        m.bn.weight.uniform_(0.5, 1.5)
-        m.bn.bias.uniform_(-0.2, 0.2)
-        m.fc.weight.mul_(scale)
-    return m
-
-
-def ref_forward(m: Tiny, x, gamma, beta):
-    """The tiny model with BN normalising by the batch's own statistics (biased variance), written out."""
-    h = F.conv2d(x, m.conv.weight.detach(), padding=1)  # (B, W, H, W)
-    mu = h.mean(dim=(0, 2, 3), keepdim=True)
-    var = ((h - mu) ** 2).mean(dim=(0, 2, 3), keepdim=True)
-    h = (h - mu) / torch.sqrt(var + m.bn.eps) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
-    z = h.clamp_min(0).mean(dim=(2, 3))  # (B, W)
-    return z @ m.fc.weight.detach().T + m.fc.bias.detach()  # (B, K)
-
-
-def entropy(logits):
-    p = torch.exp(logits - torch.logsumexp(logits, 1, keepdim=True))
-    return -(p * torch.log(p)).sum(1)
-
+@pytest.fixture
+def tiny(make_tiny):
+    """``tiny(seed=0)``: the conftest model with BN weights in [0.5, 1.5] and biases in [-0.2, 0.2]."""
+    return functools.partial(make_tiny, weight=(0.5, 1.5), bias=(-0.2, 0.2))
 
 def test_paper_defaults():
     c = TentConfig()
     assert (c.optimizer, c.lr, c.steps, c.weight_decay) == ("adam", 1e-3, 1, 0.0)
 
 
-def test_one_step_matches_hand_computed_adam_update():
+def test_one_step_matches_hand_computed_adam_update(tiny, tiny_forward, entropy):
     model = tiny()
     ref = tiny()
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -72,7 +38,7 @@ def test_one_step_matches_hand_computed_adam_update():
     # Eq. 2: L = mean_b H(softmax(f(x_b))), gradient w.r.t. (gamma, beta) only.
     gamma = ref.bn.weight.detach().clone().requires_grad_(True)
     beta = ref.bn.bias.detach().clone().requires_grad_(True)
-    ref_logits = ref_forward(ref, x, gamma, beta)
+    ref_logits = tiny_forward(ref, x, gamma, beta)
     loss = entropy(ref_logits).mean()
     g_gamma, g_beta = torch.autograd.grad(loss, [gamma, beta])
     torch.testing.assert_close(logits, ref_logits.detach(), rtol=1e-5, atol=1e-6)  # predicted before the update
@@ -89,7 +55,7 @@ def test_one_step_matches_hand_computed_adam_update():
     assert torch.equal(model.conv.weight, conv_w) and torch.equal(model.fc.weight, fc_w)
     assert torch.equal(model.bn.running_mean, running[0]) and torch.equal(model.bn.running_var, running[1])
     # The update lowered the entropy of this batch.
-    after = entropy(ref_forward(ref, x, model.bn.weight.detach(), model.bn.bias.detach())).mean()
+    after = entropy(tiny_forward(ref, x, model.bn.weight.detach(), model.bn.bias.detach())).mean()
     assert after < loss.detach()
 
 
@@ -101,7 +67,7 @@ def test_needs_batchnorm_clear_error_before_work():
     assert all(torch.equal(v, w[k]) for k, v in model.state_dict().items())
 
 
-def test_batch_of_one_runs_and_bad_batches_fail_clearly():
+def test_batch_of_one_runs_and_bad_batches_fail_clearly(tiny):
     m = create_method("tent", tiny())
     assert m(torch.rand(1, 3, 8, 8)).shape == (1, 3)
     with pytest.raises(ValueError, match="tent: x must be a float tensor"):
