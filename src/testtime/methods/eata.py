@@ -65,6 +65,31 @@ class EATAConfig(EntropyFilterConfig):
     fisher_alpha: float = 2000.0
 
 
+@torch.no_grad()
+def update_moving_average(
+    avg: torch.Tensor, started: torch.Tensor, value: torch.Tensor | float, momentum: float
+) -> None:
+    """In place: ``avg <- momentum * avg + (1 - momentum) * value``, or ``avg <- value`` (and ``started``
+    set) the first time. EATA's mean prediction (Eq. 5) and SAR's loss average (Section 4) both start
+    at their first value. ``avg`` and ``value`` have the same shape ((K,) probabilities or a scalar).
+
+    Example::
+
+        >>> avg, started = torch.zeros(()), torch.zeros((), dtype=torch.bool)
+        >>> update_moving_average(avg, started, 1.0, 0.9); update_moving_average(avg, started, 0.0, 0.9)
+        >>> round(float(avg), 4)
+        0.9
+    """
+    if bool(started):
+        avg.mul_(momentum).add_((1 - momentum) * value)
+    else:
+        if isinstance(value, torch.Tensor):
+            avg.copy_(value)
+        else:
+            avg.fill_(value)
+        started.fill_(True)
+
+
 @register_method("eata")
 class EATA(Method):
     """EATA (Niu et al., ICML 2022): TENT's BN-affine entropy minimisation, restricted to reliable
@@ -204,10 +229,4 @@ class EATA(Method):
         """Moving average of the mean prediction of the selected samples (Eq. 5; kept when none)."""
         if new_probs.shape[0] == 0:
             return
-        mean = new_probs.mean(0)
-        if bool(self.has_probs):
-            m = self.config.prob_momentum
-            self.model_probs.mul_(m).add_((1 - m) * mean)
-        else:
-            self.model_probs.copy_(mean)
-            self.has_probs.fill_(True)
+        update_moving_average(self.model_probs, self.has_probs, new_probs.mean(0), self.config.prob_momentum)

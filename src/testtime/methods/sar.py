@@ -16,7 +16,7 @@ from torch import nn
 
 from testtime.losses.entropy import softmax_entropy
 from testtime.methods.base import Method, Requirements, register_method, use_batch_statistics
-from testtime.methods.eata import EntropyFilterConfig
+from testtime.methods.eata import EntropyFilterConfig, update_moving_average
 from testtime.methods.tent import confident_example_model
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -149,14 +149,9 @@ class SAR(Method):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def _update_ema(self, value: float) -> None:
-        if bool(self.has_ema):
-            m = self.config.ema_momentum
-            self.ema.mul_(m).add_((1 - m) * value)
-        else:
-            self.ema.fill_(value)
-            self.has_ema.fill_(True)
+        """Moving average of the second-pass loss (Section 4), started at the first value."""
+        update_moving_average(self.ema, self.has_ema, value, self.config.ema_momentum)
 
     def after_step(self, x: torch.Tensor, logits: torch.Tensor) -> None:
         """Model recovery: source weights and optimiser state back when the loss EMA < e_m (the EMA stays)."""
