@@ -159,3 +159,14 @@ def test_ssl_term_is_the_nt_xent_of_the_library():
     z1, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     torch.testing.assert_close(_simclr_plain(z1, z2, 0.5), nt_xent(z1, z2, 0.5))
     assert F.normalize(z1, dim=1).shape == z1.shape
+
+
+def test_predict_with_batch_statistics_equals_ptbn_without_steps():
+    x = _images(8, seed=6)
+    ours = create_method("ttt++", _model(), steps=0, predict_bn="batch")(x)
+    ptbn = create_method("bn", _model())(x)
+    torch.testing.assert_close(ours, ptbn)
+    running = create_method("ttt++", _model(), steps=0)(x)
+    torch.testing.assert_close(running, create_method("source", _model())(x))
+    with pytest.raises(ValueError, match="predict_bn must be 'running' or 'batch'"):
+        create_method("ttt++", _model(), predict_bn="eval")

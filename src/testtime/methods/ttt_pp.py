@@ -62,6 +62,10 @@ class TTTPPConfig(MethodConfig):
     mean_factor: float = 0.5  # extra factor of the mean term (MMD_SCALE_FACTOR)
     queue_size: int = 1280  # past test features used with the batch for the statistics (QS 1536 - batch 256)
     views: SimCLRViewsConfig = field(default_factory=SimCLRViewsConfig)
+    # BN statistics used to predict: "running" (official: eval mode, running statistics that the
+    # train-mode adaptation passes moved with momentum 0.1) or "batch" (the test batch's own
+    # statistics, as PTBN; closer to the official end state after its BN-only warm-up epochs)
+    predict_bn: str = "running"
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
@@ -71,6 +75,8 @@ class TTTPPConfig(MethodConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {self.queue_size}")
+        if self.predict_bn not in ("running", "batch"):
+            raise ValueError(f"predict_bn must be 'running' or 'batch', got {self.predict_bn!r}")
 
 
 def alignment_terms(feats: torch.Tensor, stats: FeatureStats) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +152,23 @@ class TTTPlusPlus(Method):
         self.model.eval()
         self.model.requires_grad_(False)
         self.model.encoder.requires_grad_(True)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) in eval mode; with ``predict_bn="batch"`` BN normalises with the batch's statistics."""
+        if self.config.predict_bn == "running":
+            return self.model(x)
+        bns = [mod for mod in self.model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+        saved = [(bn.training, bn.momentum) for bn in bns]
+        for bn in bns:
+            bn.train()
+            bn.momentum = 0.0  # batch statistics, running statistics left unchanged
+        try:
+            return self.model(x)
+        finally:
+            for bn, (mode, mom) in zip(bns, saved):
+                bn.train(mode)
+                bn.momentum = mom
 
     def _with_queue(self, feats: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         n = int(self.queue_len)
