@@ -46,6 +46,7 @@ def test_writes_published_layout(folder, tmp_path, capsys):
         (["--severities", "five"], "--severities: cannot read 'five'"),
         (["--params", "mnist"], "--params: unknown parameter set 'mnist'; valid: cifar, tiny, imagenet"),
         (["--device", "gpu0"], "--device: not a torch device: 'gpu0'"),
+        (["--layout", "zip"], "--layout: unknown layout 'zip'; valid: npy, folders"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(folder, tmp_path, capsys, extra, message):

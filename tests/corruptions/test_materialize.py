@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -94,4 +95,39 @@ def test_frost_too_large_refused_before_writing(tmp_path):
     big = ImageSplit(np.zeros((2, 100, 100, 3), np.uint8), np.zeros(2, np.int64), ("a",), "big")
     with pytest.raises(ValueError, match="images: 100x100 is too large for frost with parameter set 'cifar'"):
         materialize(big, tmp_path / "o", corruptions=["fog", "frost"], params="cifar", progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_folders_layout_readable_by_the_tiny_imagenet_c_loader(split, tmp_path):
+    from PIL import Image
+
+    from testtime.data import load_dataset
+
+    out = tmp_path / "tic"
+    split = ImageSplit(split.images, np.arange(12) % 10, split.classes, split.name)  # every class present
+    paths = materialize(split, out, corruptions=["fog"], severities=[2, 5], seed=0, layout="folders", progress=False)
+    assert paths == [out / "fog"] and sorted(p.name for p in (out / "fog").iterdir()) == ["2", "5"]
+    loaded = load_dataset("tiny-imagenet-c", root=out, corruption="fog", severity=5, cache=False)
+    expect = CorruptedSplit(split, "fog", 5, seed=0).materialize()
+    # the class folders hold the images in split order; each went through one JPEG (quality 85) save
+    order = np.argsort(split.labels, kind="stable")
+    assert np.array_equal(loaded.labels, split.labels[order])
+
+    def jpeg85(img):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=85)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    assert np.array_equal(loaded.images, np.stack([jpeg85(im) for im in expect.images[order]]))
+    with Image.open(out / "fog" / "5" / split.classes[split.labels[0]] / "00000.JPEG") as im:
+        assert im.format == "JPEG" and im.size == (32, 32)
+    before = (out / "fog" / "5").stat().st_mtime_ns
+    materialize(split, out, corruptions=["fog"], severities=[2, 5], seed=0, layout="folders", progress=False)
+    assert (out / "fog" / "5").stat().st_mtime_ns == before  # done folders are kept
+
+
+def test_folders_layout_needs_folder_safe_class_names(tmp_path):
+    bad = ImageSplit(np.zeros((2, 32, 32, 1), np.uint8), np.zeros(2, np.int64), ("T-shirt/top",), "fm")
+    with pytest.raises(ValueError, match="layout: 'folders' needs class names usable as folder names"):
+        materialize(bad, tmp_path / "o", corruptions=["fog"], layout="folders", progress=False)
     assert not (tmp_path / "o").exists()

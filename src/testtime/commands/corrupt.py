@@ -5,6 +5,7 @@ Examples::
     testtime corrupt --list
     testtime corrupt --dataset cifar10 --out data/CIFAR-10-C-gen               # 19 x 5 severities
     testtime corrupt --dataset cifar10 --out out/ --corruptions fog,snow --severities 5
+    testtime corrupt --dataset tiny-imagenet --split val --out data/Tiny-ImageNet-C-gen --layout folders
     testtime corrupt --dataset imagefolder --root /data/cifar10-jpeg --grid grid.png --index 3
 """
 
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     sevs = parse_severities(args.severities)
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size: must be positive, got {args.chunk_size}")
+    if args.layout not in ("npy", "folders"):
+        raise UserError(f"--layout: unknown layout {args.layout!r}; valid: npy, folders")
     if args.params is not None and args.params not in PARAM_SETS:
         raise UserError(f"--params: unknown parameter set {args.params!r}; valid: {', '.join(PARAM_SETS)}")
     try:
@@ -126,16 +129,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     plan(split, args.out, corruptions=names, severities=sevs, seed=args.seed, params=args.params,
-         chunk_size=args.chunk_size)  # fmt: skip
+         chunk_size=args.chunk_size, layout=args.layout)  # fmt: skip
     paths = materialize(
         split, args.out, corruptions=names, severities=sevs, seed=args.seed, params=args.params,
         chunk_size=args.chunk_size, device=args.device, grey_as_rgb=args.grey_as_rgb, progress=not args.quiet,
-        workers=args.workers,
+        workers=args.workers, layout=args.layout,
     )  # fmt: skip
-    print(
-        f"wrote {len(paths)} corruption files + labels.npy to {args.out} ({len(split)} images x {len(sevs)} severities)"
-    )
-    if sevs != [1, 2, 3, 4, 5]:
+    what = "corruption files + labels.npy" if args.layout == "npy" else "corruption folders (<severity>/<class>/*.JPEG)"
+    print(f"wrote {len(paths)} {what} to {args.out} ({len(split)} images x {len(sevs)} severities)")
+    if sevs != [1, 2, 3, 4, 5] and args.layout == "npy":
         print("note: a subset of severities; blocks are in corruptions.json order, not the 5-block release layout",
               file=sys.stderr)  # fmt: skip
     return 0
@@ -153,6 +155,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="folder holding the dataset")
     p.add_argument("--split", default="test", help="split to corrupt (default: test)")
     p.add_argument("--out", help="output folder for <corruption>.npy and labels.npy")
+    p.add_argument(
+        "--layout",
+        default="npy",
+        help="npy: <corruption>.npy + labels.npy (CIFAR-10-C); folders: <corruption>/<severity>/<class>/*.JPEG "
+        "(Tiny-ImageNet-C, JPEG quality 85) (default: npy)",
+    )
     p.add_argument("--grid", help="write a PNG grid (rows: corruptions, columns: clean + severities 1..5)")
     p.add_argument("--index", type=int, default=0, help="image drawn by --grid (default: 0)")
     p.add_argument(

@@ -6,7 +6,10 @@ Layout (Hendrycks & Dietterich, ICLR 2019; CIFAR-10-C / CIFAR-100-C releases)::
     OUT/labels.npy         (S * N,) the labels repeated per block (uint8 when < 256 classes, as released)
     OUT/corruptions.json   the settings (source, seed, parameter set, severities, chunk size, checksums)
 
-With all five severities the files are exactly the release's layout (readable by
+``layout="folders"`` writes Tiny-ImageNet-C's layout instead: ``OUT/<corruption>/<severity>/<class>/
+<index>.JPEG`` (JPEG quality 85, as that release), plus ``corruptions.json``.
+
+With all five severities the npy files are exactly the release's layout (readable by
 ``testtime.data.load_dataset("cifar10-c", root=OUT, corruption=..., severity=...)``); with a subset
 of severities the blocks are the chosen ones in increasing order, as ``corruptions.json`` says.
 
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from testtime.corruptions.core import check_feasible, check_name, check_severity
@@ -41,6 +45,7 @@ from testtime.corruptions.params import PARAM_SETS, resolve_params
 from testtime.data.split import ImageSplit
 
 MANIFEST = "corruptions.json"
+LAYOUTS = ("npy", "folders")
 FORMAT = "testtime-corruptions/1"
 
 
@@ -82,6 +87,7 @@ def plan(
     seed: int,
     params: str | None,
     chunk_size: int,
+    layout: str = "npy",
 ) -> dict:
     """Validate everything and return the settings record; raises before anything is written."""
     if not isinstance(split, ImageSplit):
@@ -100,6 +106,12 @@ def plan(
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     if params is not None and params not in PARAM_SETS:
         raise ValueError(f"params: unknown parameter set {params!r}; valid: {', '.join(PARAM_SETS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if layout == "folders":
+        bad = [c for c in split.classes if not c or "/" in c or "\\" in c or c.startswith(".")]
+        if bad:
+            raise ValueError(f"layout: 'folders' needs class names usable as folder names; got {bad[0]!r}")
     h, w = split.image_size
     pset = resolve_params(params, h, w)
     for name in names:
@@ -120,6 +132,7 @@ def plan(
         "params": pset,
         "severities": sevs,
         "chunk_size": chunk_size,
+        "layout": layout,
     }
     old = out / MANIFEST
     if old.is_file():
@@ -148,9 +161,10 @@ def _init_worker(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...
 
 def _write_block(
     split: ImageSplit, name: str, severity: int, seed: int, params: str, chunk_size: int, device: str,
-    grey_as_rgb: bool, part: str, on_chunk=None,
+    grey_as_rgb: bool, layout: str, part: str, on_chunk=None,
 ) -> tuple[str, int, int]:  # fmt: skip
-    """Corrupt the whole split at one severity and write it (atomically) to ``part``."""
+    """Corrupt the whole split at one severity and write it atomically to ``part``: an ``.npy``
+    block (layout ``npy``) or a ``<class>/<index>.JPEG`` folder renamed into place (``folders``)."""
     cs = CorruptedSplit(
         split, name, severity, seed, params=params, chunk_size=chunk_size, device=device, grey_as_rgb=grey_as_rgb
     )
@@ -162,8 +176,29 @@ def _write_block(
         block[k * chunk_size : k * chunk_size + len(arr)] = arr
         if on_chunk is not None:
             on_chunk(len(arr))
-    _save_npy(Path(part), block)
+    if layout == "npy":
+        _save_npy(Path(part), block)
+    else:
+        _save_folder(Path(part), block, split.labels, split.classes)
     return name, severity, len(split)
+
+
+def _save_folder(path: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> None:
+    """Tiny-ImageNet-C layout: ``path/<class>/<index:05d>.JPEG`` (Pillow, quality 85, optimize, as the
+    generator saves them), written in a hidden sibling folder and renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        for lab in np.unique(labels):  # only classes that have images (loaders reject empty folders)
+            (tmp / classes[int(lab)]).mkdir(parents=True)
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            pic = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+            pic.save(tmp / classes[int(lab)] / f"{i:05d}.JPEG", "JPEG", quality=85, optimize=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _write_block_in_worker(args: tuple) -> tuple[str, int, int]:
@@ -182,6 +217,7 @@ def materialize(
     device: str | torch.device = "cpu",
     grey_as_rgb: bool = False,
     workers: int = 0,
+    layout: str = "npy",
     progress: bool = True,
 ) -> list[Path]:
     """Corrupt ``split`` by each of ``corruptions`` at ``severities`` and write the published layout.
@@ -190,13 +226,18 @@ def materialize(
         workers: 0 runs in this process (its torch thread settings); k >= 1 runs the
             (corruption, severity) blocks in k worker processes with one torch thread each, which
             is much faster than intra-op threads on a shared CPU.
+        layout: ``"npy"`` (CIFAR-10-C: ``<corruption>.npy`` + ``labels.npy``) or ``"folders"``
+            (Tiny-ImageNet-C: ``<corruption>/<severity>/<class>/<index>.JPEG``, JPEG quality 85
+            as published, so the stored images are those bytes after one more JPEG round trip).
 
-    Returns the ``<corruption>.npy`` paths (done now or before). Bytes are those of
+    Returns the ``<corruption>.npy`` paths (``<corruption>`` folders with ``folders``), done now or
+    before. Bytes are those of
     ``CorruptedSplit(split, name, severity, seed, chunk_size=chunk_size)``, whatever ``workers``.
     """
     record = plan(
-        split, out, corruptions=corruptions, severities=severities, seed=seed, params=params, chunk_size=chunk_size
-    )
+        split, out, corruptions=corruptions, severities=severities, seed=seed, params=params, chunk_size=chunk_size,
+        layout=layout,
+    )  # fmt: skip
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
     out = Path(out)
@@ -215,6 +256,8 @@ def materialize(
     for folder in (out, partial):  # temporaries left by a killed run (never a finished file)
         for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():
             stale.unlink(missing_ok=True)
+    if layout == "folders":
+        return _materialize_folders(split, out, names, sevs, record, chunk_size, device, grey_as_rgb, workers, progress)
     label_dtype = np.uint8 if split.num_classes <= 256 else np.int64
     labels = np.tile(split.labels, len(sevs)).astype(label_dtype)
     lpath = out / "labels.npy"
@@ -246,7 +289,7 @@ def materialize(
         if not pending[name]:  # all blocks were written by an interrupted run
             finish(name)
     bar = tqdm(total=len(jobs) * n, unit="img", desc="corrupt", disable=not progress, dynamic_ncols=True)
-    common = (seed, record["params"], chunk_size, str(device), grey_as_rgb)
+    common = (seed, record["params"], chunk_size, str(device), grey_as_rgb, "npy")
     try:
         if workers == 0:
             for name, s in jobs:
@@ -276,3 +319,39 @@ def materialize(
     if partial.is_dir() and not any(partial.iterdir()):
         shutil.rmtree(partial)
     return [out / f"{name}.npy" for name in names]
+
+
+def _materialize_folders(
+    split: ImageSplit, out: Path, names: list[str], sevs: list[int], record: dict, chunk_size: int,
+    device: str | torch.device, grey_as_rgb: bool, workers: int, progress: bool,
+) -> list[Path]:  # fmt: skip
+    """The ``folders`` layout: one job per missing ``<corruption>/<severity>`` folder."""
+    for name in names:
+        for stale in (out / name).glob(".*.tmp-*") if (out / name).is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
+    jobs = [(name, s) for name in names for s in sevs if not (out / name / str(s)).is_dir()]
+    for name, _ in jobs:
+        (out / name).mkdir(exist_ok=True)
+    common = (record["seed"], record["params"], chunk_size, str(device), grey_as_rgb, "folders")
+    bar = tqdm(total=len(jobs) * len(split), unit="img", desc="corrupt", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers == 0:
+            for name, s in jobs:
+                bar.set_postfix_str(f"{name} {s}")
+                _write_block(split, name, s, *common, str(out / name / str(s)), on_chunk=bar.update)
+        elif jobs:
+            ctx = multiprocessing.get_context("spawn")
+            init = (split.images, split.labels, split.classes, split.name)
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as ex:
+                futures = [ex.submit(_write_block_in_worker, (m, s, *common, str(out / m / str(s)))) for m, s in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        name, s, count = fut.result()
+                        bar.update(count)
+                        bar.set_postfix_str(f"{name} {s}")
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return [out / name for name in names]
