@@ -67,10 +67,10 @@ def _scalar(value: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from testtime.bench.grid import run_methods
-    from testtime.commands.train import load_config, write_run_config
+    from testtime.commands.train import load_config
     from testtime.methods import METHODS
-    from testtime.train.checkpoint import _atomic_write
-    from testtime.train.pipeline import load_data, results_table
+    from testtime.train.checkpoint import _atomic_write, environment
+    from testtime.train.pipeline import config_to_dict, load_data, results_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -84,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
-    write_run_config(run_dir, cfg, sys.argv[1:])
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
                       method_overrides=overrides, log=None if args.quiet else print)
     out["command"] = "testtime " + " ".join(sys.argv[1:])
+    out["config"] = config_to_dict(cfg)
+    out["seed"] = cfg.seed
+    out["environment"] = environment()
+    out["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     out["wall_s"] = time.perf_counter() - t0
     name = (args.protocol or cfg.ttt.protocol)
     path = run_dir / f"bench-{name}.json"
