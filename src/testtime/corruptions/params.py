@@ -26,28 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: The 15 benchmark corruptions, in the published order (CIFAR-10-C / ImageNet-C tables).
-BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-#: The 4 held-out corruptions of the same release.
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-ALL_CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_ALL, CORRUPTIONS_EXTRA
+from testtime.data.names import SEVERITIES as SEVERITIES  # re-exported
+
+# The names are defined once, in testtime.data.names (the loaders of the published sets need them too):
+#: the 15 benchmark corruptions in the published order, the 4 held-out extras, all 19, severities 1..5.
+BENCHMARK_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS_15
+EXTRA_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS_EXTRA
+ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS_ALL
 
 
 @dataclass(frozen=True)
