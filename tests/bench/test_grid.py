@@ -32,6 +32,13 @@ def test_bench_runs_baselines_on_the_same_subset_and_protocol(tmp_path, capsys):
     assert (tmp_path / "supervised.safetensors").exists()  # trained once, then reused
     printed = capsys.readouterr().out
     assert "| tent |" in printed
+    # episodic + one step predicted before the update is exactly test-batch BN; "after" is not
+    assert out["rows"]["tent"]["correct"] == out["rows"]["bn"]["correct"]
+    rc = main(["bench", *TINY, "--run-dir", str(tmp_path), "--methods", "tent", "--batch-size", "10",
+               "--method-set", "tent.lr=0.5", "--order", "after", "--quiet"])
+    after = json.loads((tmp_path / "bench-episodic-after.json").read_text())
+    assert rc == 0 and "predict=after update" in after["protocol"]
+    assert after["rows"]["tent"]["order"] == "after"
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -51,6 +51,7 @@ def run_methods(
     *,
     protocol: str | None = None,
     batch_size: int | None = None,
+    order: str | None = None,
     method_overrides: dict[str, dict[str, Any]] | None = None,
     fisher_samples: int = 2000,
     log: Callable[[str], None] | None = print,
@@ -58,7 +59,10 @@ def run_methods(
     """Evaluate ``methods`` on the preset's corrupted test domains; returns a results dict.
 
     ``protocol`` / ``batch_size`` default to the preset's test-time protocol (``cfg.ttt``), i.e. the
-    protocol CTA's rows were measured with. The dict has one entry per method under ``"rows"``
+    protocol CTA's rows were measured with. ``order`` ("before" / "after") overrides every method's
+    own predict-before/after-update order: under the episodic protocol a one-step method that
+    predicts "before" its update gives exactly the ``bn`` row, so ``order="after"`` is the fair match
+    for CTA's rows (N steps, then predict). The dict has one entry per method under ``"rows"``
     (accuracy per corruption, mean, wall time, settings) and the protocol's description.
     """
     from testtime.train.pipeline import corrupted_domains, run_stages
@@ -69,7 +73,8 @@ def run_methods(
     bad = [m for m in methods if m in PIPELINE_METHODS]
     if bad:
         raise ValueError(f"methods: {bad} are evaluated by `testtime cta` (they need the CTA stages), not here")
-    proto = get_protocol(protocol or cfg.ttt.protocol, batch_size=batch_size or cfg.ttt.batch_size, seed=cfg.ttt.seed)
+    proto = get_protocol(protocol or cfg.ttt.protocol, batch_size=batch_size or cfg.ttt.batch_size, seed=cfg.ttt.seed,
+                         order=order)
     for name in methods:
         need = METHODS.get(name).requirements.min_batch_size
         if proto.batch_size < need:

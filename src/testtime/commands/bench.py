@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated registered methods (see `testtime methods`)")
     p.add_argument("--protocol", choices=list_protocols(), help="default: the preset's test-time protocol")
     p.add_argument("--batch-size", type=int, help="default: the preset's test-time batch size")
+    p.add_argument("--order", choices=("before", "after", "method"), default="method",
+                   help="predict each batch before or after its update (default: each method's own order)")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method's config field, e.g. tent.lr=1e-4 (repeatable)")
     p.add_argument("--quiet", action="store_true")
@@ -84,15 +86,16 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
+    order = None if args.order == "method" else args.order
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
-                      method_overrides=overrides, log=None if args.quiet else print)
+                      order=order, method_overrides=overrides, log=None if args.quiet else print)
     out["command"] = "testtime " + " ".join(sys.argv[1:])
     out["config"] = config_to_dict(cfg)
     out["seed"] = cfg.seed
     out["environment"] = environment()
     out["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     out["wall_s"] = time.perf_counter() - t0
-    name = (args.protocol or cfg.ttt.protocol)
+    name = (args.protocol or cfg.ttt.protocol) + ("" if order is None else f"-{order}")
     path = run_dir / f"bench-{name}.json"
     _atomic_write(path, json.dumps(out, indent=2, default=str).encode())
     print(out["protocol"])
