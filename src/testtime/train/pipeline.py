@@ -447,7 +447,13 @@ def run_stages(
 # ----- evaluation -------------------------------------------------------------------------------
 @torch.no_grad()
 def clean_accuracy(
-    model: nn.Module, split: ImageSplit, *, batch_size: int = 256, device: str = "cpu", test_batch_bn: bool = False
+    model: nn.Module,
+    split: ImageSplit,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    test_batch_bn: bool = False,
+    seed: int = 0,
 ) -> float:
     """Accuracy (%) of ``model`` on ``split`` in eval mode (or with test-batch BN statistics)."""
     from testtime.bench.runner import to_float_batch
@@ -456,10 +462,13 @@ def clean_accuracy(
     model = copy.deepcopy(model).to(device).eval()
     if test_batch_bn:
         use_batch_statistics(model)
+    # a seeded shuffle: with test-batch BN statistics, batches must not be sorted by class
+    order = np.random.default_rng(seed).permutation(len(split))
     correct = 0
     for s in range(0, len(split), batch_size):
-        x = to_float_batch(split.images[s : s + batch_size], device)
-        correct += int((model(x).argmax(1).cpu().numpy() == split.labels[s : s + batch_size]).sum())
+        idx = order[s : s + batch_size]
+        x = to_float_batch(split.images[idx], device)
+        correct += int((model(x).argmax(1).cpu().numpy() == split.labels[idx]).sum())
     return 100.0 * correct / max(1, len(split))
 
 
