@@ -135,7 +135,7 @@ class EvalConfig:
     severity: int = 5
     params: str | None = None  # corruption parameter set; None = by image size (32 px: "cifar")
     rows: tuple[str, ...] = (
-        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "ssl+probe", "ssl+probe+bn", "cta-c",
+        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings", "ssl+probe", "ssl+probe+bn", "cta-c",
         "y-model-eval", "y-model+bn", "y-model",
     )  # fmt: skip
 
@@ -620,6 +620,11 @@ def evaluate_pipeline(
         "aligned": ("source", models.aligned, {}),
         "aligned+bn": ("bn", models.aligned, {}),
         "cta": ("cta", models.aligned, {"steps": steps, "lr": lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed}),
+        "cta-paper-settings": (
+            "cta",
+            models.aligned,
+            {"steps": ttt.steps, "lr": ttt.lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed},
+        ),
         "ssl+probe": ("source", models.probe, {}),
         "ssl+probe+bn": ("bn", models.probe, {}),
         "cta-c": ("cta-c", models.probe, {"steps": steps, "lr": lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed}),
