@@ -135,8 +135,8 @@ class EvalConfig:
     severity: int = 5
     params: str | None = None  # corruption parameter set; None = by image size (32 px: "cifar")
     rows: tuple[str, ...] = (
-        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings", "ssl+probe", "ssl+probe+bn", "cta-c",
-        "y-model-eval", "y-model+bn", "y-model",
+        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
+        "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
     )  # fmt: skip
 
 
