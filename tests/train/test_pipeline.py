@@ -72,3 +72,27 @@ def test_tiny_pipeline_runs_every_stage_and_writes_the_bundle(tmp_path):
     from testtime.api import load_bundle
 
     assert load_bundle(tmp_path / "cta").head.out_features == 2
+
+
+def test_cli_bad_input_is_one_line_before_any_work(tmp_path, capsys):
+    from testtime.cli import main
+
+    assert main(["train", "supervised", "--preset", "nope", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown preset 'nope'" in err[0]
+    assert main(["cta", "--preset", "cifar10-cpu", "--set", "ssl.tau=-", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "ssl.tau: expected a number" in capsys.readouterr().err
+    assert (
+        main(["cta", "--preset", "cifar10-cpu", "--set", "data.root_env=null", "--run-dir", str(tmp_path / "r")]) == 2
+    )
+    assert "data.root" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(capsys):
+    from testtime.cli import main
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "CTA" in out and "aligned + test-batch BN" in out
