@@ -99,24 +99,23 @@ class ContrastiveTTT(Method):
             getattr(self.model, name).requires_grad_(True)
         if self.config.bn == "batch":
             use_batch_statistics(self.model)
-        self._need_logits = False
+        self._need_logits = True
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         self._need_logits = True
         return super().adapt(x)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 1 on two SimCLR views of ``x``; logits (B, K) of ``x`` before this step."""
+        """Eq. 1 on two SimCLR views of ``x``; logits (B, K) of ``x`` before the first step of this call."""
         b = x.shape[0]
         v1, v2 = simclr_views(x, self.generator, self.config.views)
         z = self.model.ssl_embed(torch.cat([v1, v2]))  # (2B, D)
         loss = nt_xent(z[:b], z[b:], self.config.tau)
-        if self._need_logits:  # only the first step's logits are used (order "before")
+        if self._need_logits:  # the logits of x before any step (used by order "before")
             self._need_logits = False
             with torch.no_grad():
-                logits = self.model(x)
-        else:
-            logits = self.model.head(z[:b].detach() if self.through_projector else z[:b].detach())
+                self._first_logits = self.model(x)
+        logits = self._first_logits  # later steps: the base loop only keeps the first step's logits
         return loss, logits
 
 
