@@ -39,6 +39,12 @@ def test_bench_runs_baselines_on_the_same_subset_and_protocol(tmp_path, capsys):
     after = json.loads((tmp_path / "bench-episodic-after.json").read_text())
     assert rc == 0 and "predict=after update" in after["protocol"]
     assert after["rows"]["tent"]["order"] == "after"
+    # a later run under the same protocol adds its rows to the file instead of replacing it
+    rc = main(["bench", *TINY, "--run-dir", str(tmp_path), "--methods", "source", "--batch-size", "10", "--quiet"])
+    merged = json.loads((tmp_path / "bench-episodic.json").read_text())
+    assert rc == 0 and set(merged["rows"]) == {"source", "bn", "tent"}
+    assert merged["rows"]["tent"]["settings"] == {"lr": 1e-4}
+    assert "--methods source" in merged["rows"]["source"]["command"]
 
 
 @pytest.mark.parametrize("argv,match", [

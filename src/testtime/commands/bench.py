@@ -67,6 +67,29 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def merge_previous(path: Path, out: dict[str, Any]) -> dict[str, Any]:
+    """Keep the rows of an earlier run in ``path`` measured under the same protocol and test subset.
+
+    So ``--methods a,b`` then ``--methods c`` gives one file with a, b and c; a row measured again
+    replaces the old one. Each row keeps the command that produced it.
+    """
+    for row in out["rows"].values():
+        row["command"] = out["command"]
+    if not path.is_file():
+        return out
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return out
+    fresh = json.loads(json.dumps(out, default=str))  # tuples -> lists, as in the file
+    same = all(prev.get(k) == fresh.get(k) for k in ("protocol", "test_subset", "severity", "config"))
+    if not same:
+        return out
+    rows = {k: v for k, v in prev.get("rows", {}).items() if k not in out["rows"]}
+    rows.update(out["rows"])
+    return {**out, "rows": rows}
+
+
 def run(args: argparse.Namespace) -> int:
     from testtime.bench.grid import run_methods
     from testtime.commands.train import load_config
@@ -89,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     order = None if args.order == "method" else args.order
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
                       order=order, method_overrides=overrides, log=None if args.quiet else print)
-    out["command"] = "testtime " + " ".join(sys.argv[1:])
+    out["command"] = "testtime " + " ".join(getattr(args, "argv", sys.argv[1:]))
     out["config"] = config_to_dict(cfg)
     out["seed"] = cfg.seed
     out["environment"] = environment()
@@ -97,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     out["wall_s"] = time.perf_counter() - t0
     name = (args.protocol or cfg.ttt.protocol) + ("" if order is None else f"-{order}")
     path = run_dir / f"bench-{name}.json"
+    out = merge_previous(path, out)
     _atomic_write(path, json.dumps(out, indent=2, default=str).encode())
     print(out["protocol"])
     print(results_table(out))
