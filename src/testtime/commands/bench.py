@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="predict each batch before or after its update (default: each method's own order)")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method's config field, e.g. tent.lr=1e-4 (repeatable)")
+    p.add_argument("--out", help="results file (default: <run-dir>/bench-<protocol>[-<order>].json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     out["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     out["wall_s"] = time.perf_counter() - t0
     name = (args.protocol or cfg.ttt.protocol) + ("" if order is None else f"-{order}")
-    path = run_dir / f"bench-{name}.json"
+    path = Path(args.out) if args.out else run_dir / f"bench-{name}.json"
     out = merge_previous(path, out)
     _atomic_write(path, json.dumps(out, indent=2, default=str).encode())
     print(out["protocol"])
