@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from testtime.data import ImageSplit, load_dataset, subset_per_class
+from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
 from testtime.train.checkpoint import _atomic_write, environment, save_modules
@@ -57,11 +58,7 @@ from testtime.train.objectives import (
 from testtime.train.trainer import FitResult, TrainConfig, fit
 
 STAGES = ("supervised", "ssl", "align", "probe", "joint")
-CORRUPTIONS_15 = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)  # fmt: skip
-HELDOUT_4 = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+HELDOUT_4 = CORRUPTIONS_EXTRA  # the 4 held-out corruptions, for choosing hyperparameters
 
 
 @dataclass(frozen=True)
