@@ -27,11 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("bench", help="evaluate baselines on a preset's corrupted test subset",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", help="a shipped preset (see `testtime train --help`)")
-    p.add_argument("--config", help="a YAML file with the same structure as the presets")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. --set eval.corruptions=[fog,snow] (repeatable)")
-    p.add_argument("--run-dir", help="checkpoints and results (default: runs/<preset name>)")
+    from testtime.commands.train import _common
+
+    _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
     p.add_argument("--methods", default="source,bn,tent,eata,sar,cotta,memo,ttt,ttt++",
                    help="comma-separated registered methods (see `testtime methods`)")
     p.add_argument("--protocol", choices=list_protocols(), help="default: the preset's test-time protocol")
@@ -41,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method's config field, e.g. tent.lr=1e-4 (repeatable)")
     p.add_argument("--out", help="results file (default: <run-dir>/bench-<protocol>[-<order>].json)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 
