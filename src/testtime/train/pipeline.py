@@ -326,6 +326,12 @@ class Models:
     joint: ProjectedClassifier | None = None  # Y model (through_projector=False)
     fits: dict[str, FitResult] = field(default_factory=dict)
 
+    def named(self) -> list[tuple[str, nn.Module]]:
+        """The models that exist, with the labels used in logs and results."""
+        pairs = (("supervised", self.supervised), ("ssl (before alignment)", self.ssl), ("aligned", self.aligned),
+                 ("ssl+probe", self.probe), ("y-model", self.joint))
+        return [(label, m) for label, m in pairs if m is not None]
+
 
 def run_stages(
     cfg: PipelineConfig,
@@ -425,19 +431,6 @@ def run_stages(
             obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"), log=log
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
-    if log and isinstance(data, PipelineData):
-        for label, mdl in (
-            ("supervised", m.supervised),
-            ("ssl, not aligned", m.ssl),
-            ("aligned", m.aligned),
-            ("ssl+probe", m.probe),
-            ("y-model", m.joint),
-        ):
-            if mdl is not None:
-                log(
-                    f"[clean] {label}: {clean_accuracy(mdl, data.test, device=cfg.device):.2f}% "
-                    f"on {len(data.test)} test images"
-                )
     return m
 
 
@@ -551,17 +544,10 @@ def evaluate_pipeline(
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
     out["clean"] = {}
-    for label, mdl in (
-        ("supervised", models.supervised),
-        ("ssl (before alignment)", models.ssl),
-        ("aligned", models.aligned),
-        ("ssl+probe", models.probe),
-        ("y-model", models.joint),
-    ):
-        if mdl is not None:
-            out["clean"][label] = clean_accuracy(mdl, data.test, device=dev)
-            if log:
-                log(f"[clean] {label}: {out['clean'][label]:.2f}%")
+    for label, mdl in models.named():
+        out["clean"][label] = clean_accuracy(mdl, data.test, device=dev)
+        if log:
+            log(f"[clean] {label}: {out['clean'][label]:.2f}% on {len(data.test)} test images")
     _write_json(run_dir / "results.json", out)
     ttt = cfg.ttt
     lr, steps = ttt.lr, ttt.steps
