@@ -6,7 +6,8 @@ from torch import nn
 
 from testtime.models import create_model, list_models, split_classifier
 
-DIMS = {"resnet8": 64, "resnet20": 64, "resnet26": 64, "resnet18": 512, "resnet50": 2048}
+DIMS = {"resnet8": 64, "resnet20": 64, "resnet26": 64, "resnet18": 512, "resnet50": 2048, "airbench": 256,
+        "airbench-small": 64}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -61,5 +62,36 @@ def test_unsplittable_model_says_how():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         create_model("resnet8", **kw)
-    with pytest.raises(KeyError, match="valid: resnet18"):
+    with pytest.raises(KeyError, match="valid: airbench, .*resnet18"):
         create_model("resnet7", num_classes=10)
+
+
+def test_airbench_grey_input():
+    model = create_model("airbench-small", num_classes=10, in_chans=1)
+    assert model.encoder.stem.out_channels == 8  # 2 x the 2x2 patch size of a grey image
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_airbench_whitening_decorrelates_patches():
+    """After init_whitening the stem's first half maps normalised 2x2 patches to unit-variance,
+    uncorrelated outputs (covariance ~ lambda / (lambda + eps) on the diagonal, 0 off it)."""
+    torch.manual_seed(0)
+    model = create_model("airbench-small", num_classes=10)
+    base = torch.rand(64, 1, 16, 16)
+    images = (0.6 * base + 0.4 * torch.rand(64, 3, 16, 16)).clamp(0, 1)  # correlated channels
+    enc = model.encoder
+    enc.init_whitening(images, eps=1e-6)
+    w, b = enc.stem.weight, enc.stem.bias
+    torch.testing.assert_close(w[:12], -w[12:])
+    assert float(b.abs().max()) == 0.0
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(enc.normalize(images), w[:12])  # (N, 12, 15, 15)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = torch.cov(flat.T)
+    torch.testing.assert_close(cov, torch.eye(12, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
+def test_airbench_whitening_rejects_bad_images():
+    model = create_model("airbench-small", num_classes=10)
+    with pytest.raises(ValueError, match="images"):
+        model.encoder.init_whitening(torch.zeros(4, 1, 8, 8))

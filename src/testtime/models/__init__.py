@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from testtime.models.airbench import _SPECS as _AIRBENCH_SPECS
+from testtime.models.airbench import AirbenchEncoder
 from testtime.models.resnet import _SPECS, CIFAR10_MEAN, CIFAR10_STD, Encoder, Normalize, ResNet
 from testtime.models.split import Split, split_classifier
 from testtime.registry import Registry
@@ -22,6 +24,8 @@ MODELS: Registry = Registry("model")
 
 for _name, _spec in _SPECS.items():
     MODELS.add(_name, _spec, family="cifar-resnet")
+for _name, _spec in _AIRBENCH_SPECS.items():
+    MODELS.add(_name, _spec, family="airbench")
 
 
 def create_model(
@@ -72,6 +76,7 @@ def list_models() -> list[str]:
 
 __all__ = [
     "MODELS",
+    "AirbenchEncoder",
     "Encoder",
     "Normalize",
     "ResNet",

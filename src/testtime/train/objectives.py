@@ -75,19 +75,26 @@ class Objective:
 
 
 class SupervisedObjective(Objective):
-    """Cross-entropy (Eq. 3) of ``head(encoder(crop_flip(x)))``."""
+    """Cross-entropy (Eq. 3, optionally label-smoothed) of ``head(encoder(crop_flip(x)))``."""
 
     name = "supervised"
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, augment: CropFlipConfig | None = _CROP):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        augment: CropFlipConfig | None = _CROP,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__({"encoder": encoder, "head": head}, ("encoder", "head"))
         self.augment = augment
+        self.label_smoothing = label_smoothing
 
     def loss(self, x, y, g):
         if self.augment is not None:
             x = crop_flip(x, g, self.augment)
         logits = self.modules["head"](self.modules["encoder"](x))
-        loss = cross_entropy(logits, y)
+        loss = cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(1) == y).float().mean()
         return loss, {"ce": float(loss.detach()), "acc": float(acc)}
 

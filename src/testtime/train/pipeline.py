@@ -311,8 +311,14 @@ def _train_cfg(cfg: PipelineConfig, t: TrainConfig) -> TrainConfig:
 
 
 def new_classifier(cfg: PipelineConfig, data: ImageSplit) -> nn.Module:
+    """A fresh seeded model; an encoder with ``init_whitening`` (airbench) is whitened on the data."""
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model.arch, data.num_classes, in_chans=data.channels, norm=cfg.model.norm)
+    model = create_model(cfg.model.arch, data.num_classes, in_chans=data.channels, norm=cfg.model.norm)
+    init = getattr(model.encoder, "init_whitening", None)
+    if callable(init):
+        rows = np.random.default_rng(cfg.seed).permutation(len(data))[:5000]
+        init(torch.from_numpy(data.images[np.sort(rows)]).permute(0, 3, 1, 2).float().div(255.0))
+    return model
 
 
 @dataclass
@@ -358,7 +364,7 @@ def run_stages(
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
-        SupervisedObjective(sup.encoder, sup.fc),
+        SupervisedObjective(sup.encoder, sup.fc, label_smoothing=cfg.supervised.label_smoothing),
         train,
         _train_cfg(cfg, cfg.supervised),
         run_dir,

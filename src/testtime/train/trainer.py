@@ -1,7 +1,8 @@
 """The one trainer used by every source-time stage (supervised, SimCLR, alignment, probe, joint).
 
-``fit(objective, data, config, run_dir, name)``: Adam, linear warm-up then cosine decay from ``lr``
-to ``final_lr`` (the CTA paper's Table 3 schedule), mini-batches in a seeded order per epoch (last
+``fit(objective, data, config, run_dir, name)``: Adam (or SGD with Nesterov momentum,
+``optimizer="sgd"``), linear warm-up then cosine decay from ``lr`` to ``final_lr`` (the CTA paper's
+Table 3 schedule), mini-batches in a seeded order per epoch (last
 incomplete batch dropped), checkpoints every ``checkpoint_every`` steps and at every epoch end.
 
 Determinism and resume: the order of epoch ``e`` is drawn from ``numpy.random.default_rng([seed,
@@ -56,6 +57,10 @@ class TrainConfig:
     final_lr: float = 1e-6
     warmup_epochs: float = 2.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # "adam" (Table 3) | "sgd" (momentum, Nesterov: the fast CIFAR recipes)
+    momentum: float = 0.9  # SGD only
+    label_smoothing: float = 0.0  # objectives with a cross-entropy term (supervised, probe, joint)
+    channels_last: bool = False  # NHWC convolutions (about 1.3x faster on this CPU for the airbench net)
     seed: int = 0
     checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
     log_every: int = 20  # steps
@@ -70,6 +75,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and final_lr >= 0, got lr={self.lr}, final_lr={self.final_lr}")
         if self.warmup_epochs < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
             raise ValueError("warmup_epochs, weight_decay and checkpoint_every must be >= 0")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -89,6 +100,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one training step: a function of (seed, step) only."""
     s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(s)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (``config.optimizer``); weight decay coupled (L2) in both."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -138,6 +159,10 @@ def fit(
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(data)} images)")
     device = torch.device(config.device)
     objective.to(device)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    if config.channels_last:
+        for m in objective.modules.values():
+            m.to(memory_format=torch.channels_last)
     meta = dict(meta or {})
     meta.update(
         {
@@ -165,7 +190,7 @@ def fit(
     params = objective.parameters()
     if not params:
         raise ValueError(f"objective {objective.name!r} has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(params, config)
     n = len(data)
     per_epoch = n // config.batch_size
     total = max(1, int(round(config.epochs * per_epoch)))
@@ -207,7 +232,7 @@ def fit(
             order_epoch = epoch
         assert order is not None
         idx = torch.from_numpy(order[k * config.batch_size : (k + 1) * config.batch_size])
-        x = images[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
+        x = images[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=fmt)  # (B, C, H, W)
         y = labels[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, config)
