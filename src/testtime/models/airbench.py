@@ -16,8 +16,8 @@ code is this project's own:
   encoder and the classifier's weights).
 
 Differences from airbench94, so that the model fits this project's f / h split and its test-time
-methods: the classifier has a bias; BN layers have trainable affine weights (airbench freezes the BN scale); BN momentum is
-PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU schedule); the stem is trainable
+methods: the classifier has a bias; BN layers have trainable affine weights (airbench freezes the
+BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU schedule); the stem is trainable
 after its whitening initialisation (airbench freezes its weights and trains the bias for 3 epochs);
 no lookahead EMA and no test-time flip/translate averaging. The training recipe (Nesterov SGD,
 label smoothing, flip + translate) is the ``cifar10-cpu`` preset's, not code here.
@@ -72,7 +72,8 @@ class AirbenchEncoder(nn.Module):
             stem_channels = min(24, 2 * in_chans * 4)
         if stem_channels % 2 or stem_channels > 2 * in_chans * 4:
             raise ValueError(
-                f"stem_channels must be even and at most {2 * in_chans * 4} (2 x the 2x2 patch size), got {stem_channels}"
+                f"stem_channels must be even and at most {2 * in_chans * 4} (2 x the 2x2 patch size), "
+                f"got {stem_channels}"
             )
         self.normalize = Normalize(mean, std)
         self.stem = nn.Conv2d(in_chans, stem_channels, 2, padding=0, bias=True)
