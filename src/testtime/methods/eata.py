@@ -100,7 +100,8 @@ class EATA(Method):
     with Fisher weights F from the squared gradients of the pseudo-label cross-entropy on source
     samples. Call :meth:`compute_fisher` with source batches for the full method; without it the
     regulariser is off (F = 0, the paper's "ETA" variant) and a warning says so. Predictions are those
-    of the adaptation forward pass (before the update).
+    of the adaptation forward pass (before the update); with ``steps > 1`` those of the last step's
+    forward pass, as the official loop returns.
 
     Example::
 
@@ -117,6 +118,7 @@ class EATA(Method):
         needs_source_data=True,
     )
     default_order = "before"
+    before_logits = "last"
 
     @classmethod
     def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:

@@ -52,7 +52,8 @@ class SAR(Method):
     apply that gradient at the original weights (Eq. 5), and (iii) recovers the source weights and
     optimiser state when the moving average of the second-pass loss falls below e_m = 0.2 (model
     collapse). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
-    setting; meaningful with GN/LN models). Predictions are from the first forward (before the update).
+    setting; meaningful with GN/LN models). Predictions are from the first forward of a step (before
+    its update); with ``steps > 1`` from the last step's first forward, as the official loop returns.
 
     Example::
 
@@ -64,6 +65,7 @@ class SAR(Method):
     Config = SARConfig
     requirements = Requirements(adapts="norm-layer affine (BN/GN/LN gamma, beta), SAM update")
     default_order = "before"
+    before_logits = "last"
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, NORM_LAYERS) for m in model.modules()):

@@ -58,8 +58,10 @@ class Tent(Method):
     the BN affine parameters (gamma, beta) take one Adam step on the mean Shannon entropy of the
     batch's predictions, ``L = 1/B sum_b H(softmax(f(x_b)))`` (Eq. 2). The logits returned are those
     of the forward pass that computes the loss, i.e. predicted *before* the update (the official
-    ``forward_and_adapt``). Needs BN layers; batch size 1 runs but its batch statistics are
-    degenerate (one image), which is why the paper uses batches of 200 (64 for ImageNet).
+    ``forward_and_adapt``); with ``steps > 1`` those of the last step's forward pass, as the official
+    ``for _ in range(steps): outputs = forward_and_adapt(x)`` returns. Needs BN layers; batch size 1
+    runs but its batch statistics are degenerate (one image), which is why the paper uses batches of
+    200 (64 for ImageNet).
 
     Example::
 
@@ -71,6 +73,7 @@ class Tent(Method):
     Config = TentConfig
     requirements = Requirements(adapts="BN affine (gamma, beta); BN uses test-batch statistics", needs_bn=True)
     default_order = "before"
+    before_logits = "last"
 
     def configure(self) -> None:
         configure_bn_adaptation(self.model)
