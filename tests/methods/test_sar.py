@@ -85,12 +85,53 @@ def test_recovery_restores_source_weights_and_keeps_the_ema(tiny, colour_batch, 
     assert all(not s for s in m.optimizer.state.values())  # optimiser state (momentum) back to empty
 
 
-def test_no_reliable_sample_means_no_update(tiny, colour_batch):
+def test_no_reliable_sample_on_the_first_batch_leaves_the_weights(tiny, colour_batch):
     model = tiny()
     w = model.norm.weight.clone()
     m = create_method("sar", model, e_margin=1e-6)
-    m(colour_batch(1))
+    m(colour_batch(1))  # a zero-gradient step with an empty momentum buffer moves nothing
     assert torch.equal(model.norm.weight, w) and not bool(m.has_ema) and m.nonfinite_steps == 0
+
+
+def _empty_filter(monkeypatch, m, stage: int) -> None:
+    """From now on, make filter ``stage`` (1: first pass at w, 2: second pass at w + eps) keep nothing."""
+    import testtime.methods.sar as sar_mod
+
+    if stage == 1:
+        monkeypatch.setattr(m, "e0", lambda num_classes: 1e-6)
+        return
+    calls = []
+    real = sar_mod.softmax_entropy
+
+    def entropy_then_too_high(logits):
+        calls.append(1)
+        ent = real(logits)
+        return ent + 100.0 if len(calls) % 2 == 0 else ent  # every second call is the pass at w + eps
+
+    monkeypatch.setattr(sar_mod, "softmax_entropy", entropy_then_too_high)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("step_on_empty", [True, False])
+def test_empty_filter_still_steps_with_momentum_as_the_official_code(stage, step_on_empty, tiny, colour_batch,
+                                                                     monkeypatch):
+    """mr-eggplant/SAR back-propagates the mean of an empty selection (zero gradient) and still calls
+    ``second_step``: SGD with momentum 0.9 then moves w by ``-lr * 0.9 * buffer`` (``buffer <- 0.9 buffer + 0``)."""
+    lr = 0.2
+    model = tiny()
+    m = create_method("sar", model, lr=lr, step_on_empty=step_on_empty)
+    m(colour_batch(1))  # a real step: the momentum buffer is the gradient at w + eps
+    params = [model.norm.weight, model.norm.bias]
+    bufs = [m.optimizer.state[p]["momentum_buffer"].clone() for p in params]
+    assert all(b.abs().max() > 0 for b in bufs)
+    before = [p.detach().clone() for p in params]
+    ema = float(m.ema)
+    _empty_filter(monkeypatch, m, stage)
+    m(colour_batch(2))
+    for p, w, b in zip(params, before, bufs):
+        expected = w - lr * 0.9 * b if step_on_empty else w
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+    assert float(m.ema) == ema and m.nonfinite_steps == 0  # the loss average is not moved by an empty batch
 
 
 def test_bad_inputs_fail_clearly(tiny, colour_batch):

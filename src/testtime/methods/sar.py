@@ -32,6 +32,12 @@ class SARConfig(EntropyFilterConfig):
     - ``rho``: the SAM neighbourhood radius of Eq. 4 (0.05).
     - ``reset_constant``: e_m, recover the source weights when the moving average of the loss drops
       below it (0.2, Section 4); ``ema_momentum`` 0.9 is that moving average's momentum.
+    - ``step_on_empty``: what a batch with no reliable sample (at the first filter, or at the second
+      one at ``w + eps``) does. ``True`` (the official code): the step is still taken with a zero
+      gradient (mr-eggplant/SAR back-propagates the mean of an empty selection, whose gradient is
+      zero, then calls ``second_step``), so SGD momentum still moves the weights by ``lr * momentum *
+      buffer``; the loss average is left as it is (the official code skips it on a NaN loss).
+      ``False``: no step on such a batch.
     - ``exclude``: adapted-parameter name fragments that are skipped (the code leaves the top stage of a
       ResNet-50 frozen: ``layer4``; in this package's 4-stage ResNets that stage is ``encoder.layers.3.``;
       CIFAR ResNets have 3 stages, so nothing is skipped there).
@@ -40,6 +46,7 @@ class SARConfig(EntropyFilterConfig):
     rho: float = 0.05
     reset_constant: float = 0.2
     ema_momentum: float = 0.9
+    step_on_empty: bool = True
     exclude: tuple[str, ...] = ("layer4", "encoder.layers.3.")
 
 
@@ -51,7 +58,8 @@ class SAR(Method):
     by ``eps = rho g / ||g||`` (Eq. 4), recompute the filtered entropy there (filtering again), and
     apply that gradient at the original weights (Eq. 5), and (iii) recovers the source weights and
     optimiser state when the moving average of the second-pass loss falls below e_m = 0.2 (model
-    collapse). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
+    collapse). A batch with no reliable sample still takes the (zero-gradient) step, so SGD momentum
+    moves the weights, as in the official code (``step_on_empty``). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
     setting; meaningful with GN/LN models). Predictions are from the first forward of a step (before
     its update); with ``steps > 1`` from the last step's first forward, as the official loop returns.
 
@@ -113,7 +121,10 @@ class SAR(Method):
         e0 = self.e0(logits.shape[1])
         reliable = ent < e0  # Eq. 2, first pass
         if not reliable.any():
-            return None, logits  # nothing reliable: no update on this batch
+            if not self.config.step_on_empty:
+                return None, logits  # nothing reliable: no update on this batch
+            self._pending = (x, reliable, e0)
+            return ent[reliable].sum(), logits  # 0 with a zero gradient (step_on_empty, as the official code)
         self._pending = (x, reliable, e0)
         return ent[reliable].mean(), logits
 
@@ -144,10 +155,12 @@ class SAR(Method):
             if math.isfinite(value):
                 self._update_ema(value)
             loss2.backward()
+        elif self.config.step_on_empty:
+            ent2[keep].sum().backward()  # zero gradients, so that the base optimiser still steps
         with torch.no_grad():
             for p, o in zip(params, old):
                 p.copy_(o)  # back to w
-        if keep.any():
+        if keep.any() or self.config.step_on_empty:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
