@@ -59,9 +59,10 @@ class SAR(Method):
     apply that gradient at the original weights (Eq. 5), and (iii) recovers the source weights and
     optimiser state when the moving average of the second-pass loss falls below e_m = 0.2 (model
     collapse). A batch with no reliable sample still takes the (zero-gradient) step, so SGD momentum
-    moves the weights, as in the official code (``step_on_empty``). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
-    setting; meaningful with GN/LN models). Predictions are from the first forward of a step (before
-    its update); with ``steps > 1`` from the last step's first forward, as the official loop returns.
+    moves the weights, as in the official code (``step_on_empty``). BN layers use test-batch
+    statistics. Batch size 1 is supported (SAR's wild-world setting; meaningful with GN/LN models).
+    Predictions are from the first forward of a step (before its update); with ``steps > 1`` from
+    the last step's first forward, as the official loop returns.
 
     Example::
 
