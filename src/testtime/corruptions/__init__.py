@@ -19,7 +19,8 @@ files byte for byte; the algorithms and constants are the generators'):
   saturate (scikit-image HSV), gaussian_blur (SciPy Gaussian), defocus_blur (the anti-aliased
   disk, OpenCV ``filter2D``), zoom_blur (SciPy ``zoom(order=1)``), glass_blur (the generator's
   loop including its numpy semantics: ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` copies, it does
-  not swap), motion_blur (ImageMagick's kernel and offsets, edge virtual pixels, 8-bit output),
+  not swap), motion_blur (ImageMagick's kernel and offsets, edge virtual pixels, its Q16 PNG output
+  ``floor(round(65535 y) / 257)``; snow's streaks the same),
   elastic_transform (affine + displacement, to SciPy's sampling), the uint8 truncation
   ``np.uint8(x * 255)`` of the outputs.
 * close: elastic_transform uses exact bilinear weights where OpenCV's ``warpAffine`` quantises
