@@ -38,16 +38,27 @@ class SARConfig(EntropyFilterConfig):
       zero, then calls ``second_step``), so SGD momentum still moves the weights by ``lr * momentum *
       buffer``; the loss average is left as it is (the official code skips it on a NaN loss).
       ``False``: no step on such a batch.
-    - ``exclude``: adapted-parameter name fragments that are skipped (the code leaves the top stage of a
-      ResNet-50 frozen: ``layer4``; in this package's 4-stage ResNets that stage is ``encoder.layers.3.``;
-      CIFAR ResNets have 3 stages, so nothing is skipped there).
+    - ``exclude``: norm layers left frozen, as the official ``collect_params``: the top stage of a
+      ResNet-50 (``layer4``; in this package's 4-stage ResNets ``encoder.layers.3``; CIFAR ResNets have
+      3 stages, so nothing is skipped there) and, for ViT-style models, ``blocks.9``, ``blocks.10``,
+      ``blocks.11`` and the final ``norm``. A fragment matches a module whose dotted name contains it
+      as whole components (``norm`` matches ``norm`` and ``vit.norm``, not ``norm1`` or ``fc_norm``).
+      The official code tests substrings (``'blocks.9' in name``, ``'norm.' in name``) and the exact
+      name ``norm``: the same layers on its timm ViT-B/16 and ResNet-50, and here a model wrapped in
+      another module (``vit.norm``) keeps the same layers frozen.
     """
 
     rho: float = 0.05
     reset_constant: float = 0.2
     ema_momentum: float = 0.9
     step_on_empty: bool = True
-    exclude: tuple[str, ...] = ("layer4", "encoder.layers.3.")
+    exclude: tuple[str, ...] = ("layer4", "encoder.layers.3", "blocks.9", "blocks.10", "blocks.11", "norm")
+
+
+def excluded(name: str, fragments: Iterable[str]) -> bool:
+    """Whether module ``name`` contains one of ``fragments`` as whole dotted components."""
+    padded = f".{name}."
+    return any(f".{frag.strip('.')}." in padded for frag in fragments)
 
 
 @register_method("sar")
@@ -95,7 +106,7 @@ class SAR(Method):
         self.model.requires_grad_(False)
         use_batch_statistics(self.model)
         for name, m in self.model.named_modules():
-            if isinstance(m, NORM_LAYERS) and not any(f in name + "." for f in self.config.exclude):
+            if isinstance(m, NORM_LAYERS) and not excluded(name, self.config.exclude):
                 for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
                     if p is not None:
                         p.requires_grad_(True)
