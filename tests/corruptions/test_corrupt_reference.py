@@ -351,3 +351,26 @@ def test_snow_layer_is_stored_as_imagemagicks_png(monkeypatch):
     out = weather.snow(torch.zeros(1, 3, 4, 4), p, ctx)
     expected = (1 - p[6]) * 0.5 + 2 * 100 / 255
     torch.testing.assert_close(out, torch.full_like(out, expected))
+
+
+def test_brightness_within_one_level_of_the_generators_float64_truncation():
+    """On a grey pixel scikit-image's HSV round trip is exact, so the generator's brightness is
+    ``np.uint8(clip(k / 255 + c, 0, 1) * 255)`` in float64. Ours is the exact value truncated; the
+    generator is one level lower where float64 lands just below an integer (k = 81 at c = 0.2)."""
+    import testtime.corruptions as corruptions_pkg
+
+    k = np.arange(256)
+    grey = np.repeat(k.astype(np.uint8).reshape(1, 16, 16, 1), 3, axis=3)  # (1, 16, 16, 3), every level
+    c = PARAMS["brightness"]["cifar"][3]
+    assert c == 0.2
+    generator = np.uint8(np.clip(k / 255.0 + c, 0, 1) * 255)
+    exact = np.minimum(k + 51, 255)  # k + 255 c in integers
+    ours = corrupt(grey, "brightness", 4, params="cifar").reshape(-1, 3)[:, 0].astype(int)
+    np.testing.assert_array_equal(ours, exact)
+    diff = ours - generator.astype(int)
+    assert set(np.unique(diff)) == {0, 1} and diff[81] == 1 and 0 < (diff != 0).mean() <= 0.08
+    doc = corruptions_pkg.__doc__
+    exact_part = doc[doc.index("* exact"):doc.index("* within one grey level")]
+    within_part = doc[doc.index("* within one grey level"):doc.index("* close")]
+    for name in ("brightness", "saturate", "defocus_blur"):
+        assert name not in exact_part and name in within_part

@@ -21,7 +21,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float, ctx: Context) -> torch.Tensor:
 
 @CORRUPTIONS.register("defocus_blur", family="blur", random=False, rgb=False)
 def defocus_blur(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor:
-    """Correlation with an anti-aliased disk (radius, alias_blur); OpenCV ``filter2D``, reflect-101."""
+    """Correlation with an anti-aliased disk (radius, alias_blur); OpenCV ``filter2D``, reflect-101.
+
+    uint8 output: within one level of the generator (float64 round-off there, see :mod:`testtime.corruptions`)."""
     return _ops.correlate2d(x, _ops.disk_kernel(float(p[0]), float(p[1])), "reflect101")
 
 
