@@ -298,3 +298,79 @@ def test_pixelate_byte_exact_on_noise_images(size, params):
             [np.asarray(Image.fromarray(im).resize(small, Image.BOX).resize((size,) * 2, Image.BOX)) for im in x]
         )
         np.testing.assert_array_equal(corrupt(x, "pixelate", sev), ref)
+
+
+class _FixedAngle:
+    """A stand-in for the context's random source: every angle is ``angle``, every normal draw 0."""
+
+    def __init__(self, angle: float) -> None:
+        self.angle = angle
+
+    def uniform(self, shape, low, high, dtype=torch.float32):
+        return torch.full(shape, self.angle, dtype=dtype)
+
+    def normal(self, shape, loc=0.0, scale=1.0):
+        return torch.zeros(shape)
+
+
+def test_imagemagick_png8_hand_computed():
+    # floor(round(65535 y) / 257): y = 0.5 -> q = 32768 -> 127.50 -> 127 (round(255 y) would give 128);
+    # y = 100.6 / 255 -> q = floor(25854.2 + 0.5) = 25854 -> 100.599 -> 100 (round: 101)
+    y = torch.tensor([0.0, 0.5, 100.6 / 255, 254.7 / 255, 1.0, 1.2, -0.1])
+    assert (_ops.imagemagick_png8(y) * 255).round().tolist() == [0, 127, 100, 254, 255, 255, 0]
+    v = torch.arange(256, dtype=torch.float32) / 255  # 8-bit values survive unchanged
+    assert torch.equal((_ops.imagemagick_png8(v) * 255).round(), torch.arange(256, dtype=torch.float32))
+
+
+def test_motion_blur_uint8_output_is_imagemagicks_png_hand_computed():
+    from testtime.corruptions.blur import motion_blur
+    from testtime.corruptions.params import PARAM_SETS
+    from testtime.corruptions.registry import Context
+
+    # radius 1, sigma 1, angle 0: k = exp(-i^2 / 2) / sum = (0.574095, 0.348207, 0.077697), and
+    # out[x] = sum_i k_i * row[min(x + i, 3)]; the row (0, 0, 0, 255) gives 255 * (0, k2, k1 + k2, 1)
+    # = (0, 19.813, 108.606, 255). ImageMagick: 19.813 -> q = round(19.813 * 257) = 5092 -> floor(19.81) = 19;
+    # 108.606 -> q = 27912 -> floor(108.61) = 108 (rounding to 8 bits would give 20 and 109).
+    x = torch.zeros(1, 1, 1, 4)
+    x[0, 0, 0, 3] = 1.0
+    ctx = Context(rng=_FixedAngle(0.0), pset=PARAM_SETS["cifar"], quantized=True)
+    out = motion_blur(x, (1, 1.0), ctx)
+    assert (out[0, 0, 0] * 255).round().tolist() == [0, 19, 108, 255]
+
+
+def test_snow_layer_is_stored_as_imagemagicks_png(monkeypatch):
+    from testtime.corruptions import weather
+    from testtime.corruptions.params import PARAM_SETS
+    from testtime.corruptions.registry import Context
+
+    # the blurred layer is 100.6 / 255 everywhere: ImageMagick's PNG keeps 100 (rounding would keep 101);
+    # on a black image: out = blend * 0 + (1 - blend) * max(0, 1.5 * 0 + 0.5) + 2 * 100 / 255
+    monkeypatch.setattr(_ops, "motion_blur", lambda layer, *a: torch.full_like(layer, 100.6 / 255))
+    p = PARAMS["snow"]["cifar"][0]
+    ctx = Context(rng=_FixedAngle(-90.0), pset=PARAM_SETS["cifar"], quantized=True)
+    out = weather.snow(torch.zeros(1, 3, 4, 4), p, ctx)
+    expected = (1 - p[6]) * 0.5 + 2 * 100 / 255
+    torch.testing.assert_close(out, torch.full_like(out, expected))
+
+
+def test_brightness_within_one_level_of_the_generators_float64_truncation():
+    """On a grey pixel scikit-image's HSV round trip is exact, so the generator's brightness is
+    ``np.uint8(clip(k / 255 + c, 0, 1) * 255)`` in float64. Ours is the exact value truncated; the
+    generator is one level lower where float64 lands just below an integer (k = 81 at c = 0.2)."""
+    import testtime.corruptions as corruptions_pkg
+
+    k = np.arange(256)
+    grey = np.repeat(k.astype(np.uint8).reshape(1, 16, 16, 1), 3, axis=3)  # (1, 16, 16, 3), every level
+    c = PARAMS["brightness"]["cifar"][3]
+    assert c == 0.2
+    generator = np.uint8(np.clip(k / 255.0 + c, 0, 1) * 255)
+    exact = np.minimum(k + 51, 255)  # k + 255 c in integers
+    ours = corrupt(grey, "brightness", 4, params="cifar").reshape(-1, 3)[:, 0].astype(int)
+    np.testing.assert_array_equal(ours, exact)
+    diff = ours - generator.astype(int)
+    assert set(np.unique(diff)) == {0, 1} and diff[81] == 1 and 0 < (diff != 0).mean() <= 0.08
+    doc = corruptions_pkg.__doc__
+    exact_part = doc[doc.index("* exact"):doc.index("* within one grey level")]
+    within_part = doc[doc.index("* within one grey level"):doc.index("* close")]
+    for name in ("brightness", "saturate", "defocus_blur"):
+        assert name not in exact_part and name in within_part

@@ -80,3 +80,31 @@ def test_entropy_of_uniform_is_log_c():
     torch.testing.assert_close(softmax_entropy(torch.zeros(2, 5)), torch.full((2,), math.log(5)))
     with pytest.raises(ValueError, match="logits: expected a 2-D tensor"):
         softmax_entropy(torch.zeros(5))
+
+
+class _HeadWithBN1d(torch.nn.Module):
+    """conv -> BatchNorm2d -> pool -> linear -> BatchNorm1d -> linear: BN of both types."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn2d = torch.nn.BatchNorm2d(4)
+        self.fc1 = torch.nn.Linear(4, 4)
+        self.bn1d = torch.nn.BatchNorm1d(4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.bn1d(self.fc1(self.bn2d(self.conv(x)).mean((2, 3)))))
+
+
+@pytest.mark.parametrize("name", ["tent", "eata"])
+def test_bn_layer_types_all_by_default_or_2d_as_the_official_code(name):
+    torch.manual_seed(0)
+    everything = sorted(create_method(name, _HeadWithBN1d()).adapted_parameter_names())
+    assert everything == ["model.bn1d.bias", "model.bn1d.weight", "model.bn2d.bias", "model.bn2d.weight"]
+    model = _HeadWithBN1d()
+    official = create_method(name, model, bn_layers="2d")  # DequanWang/tent, mr-eggplant/EATA collect_params
+    assert sorted(official.adapted_parameter_names()) == ["model.bn2d.bias", "model.bn2d.weight"]
+    assert model.bn1d.training and not model.bn1d.weight.requires_grad  # batch statistics, not adapted
+    with pytest.raises(ValueError, match=r"bn_layers must be one of \['all', '2d'\], got '1d'"):
+        create_method(name, _HeadWithBN1d(), bn_layers="1d")

@@ -46,22 +46,41 @@ def _coral_plain(f, cov_s):
     return ((cov_s - cov_t) ** 2).sum() / (4 * d * d)
 
 
-def test_source_statistics_match_numpy():
+def test_source_statistics_match_numpy_as_the_official_offline_pass():
+    """vita-epfl/ttt-plus-plus ``offline``: batch 1 is the reference, the other batches the statistics."""
     model = with_aux_head(create_model("resnet8", num_classes=3), "simclr", proj_dim=8)
-    imgs = (torch.rand(48, 32, 32, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
+    imgs = (torch.rand(56, 32, 32, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
     info = compute_source_statistics(model, imgs, batch_size=16)
     model.eval()  # the statistics are taken in eval mode
     with torch.no_grad():
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
         f = model.encoder(x).double().numpy()
-    np.testing.assert_allclose(model.stats_encoder.mean.numpy(), f.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.stats_encoder.cov.numpy(), np.cov(f, rowvar=False), rtol=1e-4, atol=1e-7)
-    cov = np.cov(f, rowvar=False)
     d = f.shape[1]
-    refs = [((cov - np.cov(f[s : s + 16], rowvar=False)) ** 2).sum() / (4 * d * d) for s in (0, 16, 32)]
-    assert info["encoder_coral_ref"] == pytest.approx(np.mean(refs), rel=1e-4)
-    assert int(model.stats_encoder.count) == 48 and model.has_source_stats
+    first, rest = f[:16], f[16:]  # batches: 0-15 (reference), 16-31, 32-47, 48-55
+    np.testing.assert_allclose(model.stats_encoder.mean.numpy(), rest.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.stats_encoder.cov.numpy(), np.cov(rest, rowvar=False), rtol=1e-4, atol=1e-7)
+    cov1, mu1 = np.cov(first, rowvar=False), first.mean(0)
+    later = [f[16:32], f[32:48], f[48:56]]
+    corals = [((cov1 - np.cov(b, rowvar=False)) ** 2).sum() / (4 * d * d) for b in later]
+    means = [((mu1 - b.mean(0)) ** 2).mean() for b in later]
+    assert info["encoder_coral_ref"] == pytest.approx(np.mean(corals), rel=1e-4)
+    assert info["encoder_mean_ref"] == pytest.approx(np.mean(means), rel=1e-4)
+    assert int(model.stats_encoder.count) == 40 and info["n"] == 40 and model.has_source_stats
     assert model.stats_aux.cov.shape == (8, 8)
+
+
+def test_source_statistics_of_a_float64_model():
+    model = with_aux_head(create_model("resnet8", num_classes=3), "simclr", proj_dim=8).double()
+    names = [n for n, mod in model.named_modules() if type(mod).__name__ == "Normalize"]
+    for name in names:  # no input normaliser whose float64 buffers would promote float32 images
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, torch.nn.Identity())
+    assert names
+    imgs = (torch.rand(32, 32, 32, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
+    info = compute_source_statistics(model, imgs, batch_size=8)
+    assert model.stats_encoder.cov.dtype == torch.float64 and math.isfinite(info["encoder_coral_ref"])
+    floats = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255  # float32 input to a float64 model
+    assert compute_source_statistics(model, floats, batch_size=8) == pytest.approx(info)
 
 
 def test_one_step_matches_independent_computation():
@@ -170,3 +189,52 @@ def test_predict_with_batch_statistics_equals_ptbn_without_steps():
     torch.testing.assert_close(running, create_method("source", _model())(x))
     with pytest.raises(ValueError, match="predict_bn must be 'running' or 'batch'"):
         create_method("ttt++", _model(), predict_bn="eval")
+
+
+def test_three_train_mode_encoder_passes_per_step_as_the_official_loop():
+    """The official loop runs ``ssh(views)``, ``ext(x)`` and ``head(ext(x))`` with ``ext.train()``: BN
+    running statistics move three times per step (momentum 0.1), here checked on the first BN layer."""
+    model = _model()
+    bn = next(mod for mod in model.encoder.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    calls = []
+    bn.register_forward_pre_hook(lambda mod, inp: calls.append((mod.training, inp[0].detach().mean((0, 2, 3)))))
+    start = bn.running_mean.clone()
+    m = create_method("ttt++", model, steps=2, queue_size=0)
+    m.adapt(_images(6))
+    train_inputs = [mu for training, mu in calls if training]
+    assert len(train_inputs) == 3 * 2
+    expected = start
+    for mu in train_inputs:
+        expected = 0.9 * expected + 0.1 * mu
+    torch.testing.assert_close(bn.running_mean, expected, rtol=1e-5, atol=1e-6)
+
+
+def _recorded_alignment_features(monkeypatch):
+    """Record the features each alignment call receives; the encoder's are the first of each pair."""
+    import testtime.methods.ttt_pp as ttt_pp
+
+    seen = []
+    real = ttt_pp.alignment_terms
+
+    def record(feats, stats):
+        seen.append(feats.detach().clone())
+        return real(feats, stats)
+
+    monkeypatch.setattr(ttt_pp, "alignment_terms", record)
+    return lambda: seen[0::2]
+
+
+@pytest.mark.parametrize("holds_current", [False, True])
+def test_queue_is_used_once_full(holds_current, monkeypatch):
+    """A queue of 8 with batches of 4: batches 1-2 use their own features only (the official queue is
+    used once full); batch 3 uses its 4 + the 8 queued. Default: the 8 of batches 1-2; official variant
+    (``queue_holds_current``): batch 3 written over the oldest batch (1), so it counts twice."""
+    feats = _recorded_alignment_features(monkeypatch)
+    m = create_method("ttt++", _model(), steps=1, lr=1e-3, queue_size=8, queue_holds_current=holds_current)
+    for seed in (1, 2, 3):
+        m(_images(4, seed=seed))
+    f1, f2, f3 = feats()
+    assert f1.shape[0] == 4 and f2.shape[0] == 4 and f3.shape[0] == 12
+    cur, queued = f3[:4], f3[4:]
+    older = cur if holds_current else f1
+    torch.testing.assert_close(queued, torch.cat([older, f2]).to(queued.dtype))

@@ -105,3 +105,50 @@ def test_every_op_runs_and_bad_input_fails():
         augmix_views(torch.rand(2, 3, 8, 8), 4, torch.Generator())
     with pytest.raises(ValueError, match="augmix_views: n must be >= 1"):
         augmix_views(torch.rand(3, 8, 8), 0, torch.Generator())
+
+
+def _pil_transform(img, coeffs):
+    """The official call (zhangmarvin/memo ``utils/third_party.py``): BILINEAR, ``fillcolor=128``."""
+    size = img.shape[1], img.shape[0]
+    return np.asarray(Image.fromarray(img).transform(size, Image.AFFINE, tuple(coeffs), resample=Image.BILINEAR,
+                                                     fillcolor=128)).astype(int)
+
+
+def test_geometric_ops_truncate_and_fill_as_the_official_pil_calls():
+    """PIL truncates the bilinear value to 8 bits and ``fillcolor=128`` on RGB is (128, 0, 0)."""
+    a = u8(seed=5, n=4, size=16)
+    coeffs = torch.tensor([[1, 0.1, 0.3, 0, 1, 0], [1, 0, 0, -0.07, 1, 0.4], [1, -0.03, 2, 0, 1, 0],
+                           [1, 0, 0, 0, 1, -3]], dtype=torch.float64)
+    got = (pil_affine(to_t(a), coeffs, AugMixConfig().fill) * 255).round().to(torch.int64).permute(0, 2, 3, 1).numpy()
+    same = total = 0
+    for i in range(len(a)):
+        want = _pil_transform(a[i], coeffs[i].tolist())
+        filled = (want == [128, 0, 0]).all(-1)
+        assert filled.any(), "every case moves some points outside the image"
+        np.testing.assert_array_equal(got[i][filled], want[filled])  # the official fill, exactly
+        assert np.abs(got[i] - want).max() <= 1
+        same += int((got[i] == want).sum())
+        total += want.size
+    assert same / total > 0.97  # rounding instead of truncating agrees on about half
+    grey = u8(seed=6, n=1, size=16)[..., :1]  # a one-channel image: fillcolor=128 is grey 128
+    g = (pil_affine(to_t(grey), coeffs[3:], AugMixConfig().fill) * 255).round().to(torch.int64)[0, 0].numpy()
+    want = np.asarray(Image.fromarray(grey[0, ..., 0]).transform((16, 16), Image.AFFINE, tuple(coeffs[3].tolist()),
+                                                                 resample=Image.BILINEAR, fillcolor=128))
+    np.testing.assert_array_equal(g, want)
+
+
+def test_rotation_truncates_as_pil():
+    from testtime.transforms.augmix import _rotation_coeffs
+
+    a = u8(seed=7, n=1, size=16)
+    want = np.asarray(Image.fromarray(a[0]).rotate(2, resample=Image.BILINEAR, fillcolor=128)).astype(int)
+    got = (pil_affine(to_t(a), _rotation_coeffs(torch.tensor([2.0]), 16, 16), AugMixConfig().fill) * 255)
+    got = got.round().to(torch.int64).permute(0, 2, 3, 1).numpy()[0]
+    assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.97
+
+
+def test_bad_fill_fails_clearly():
+    with pytest.raises(ValueError, match="AugMixConfig.fill"):
+        AugMixConfig(fill=(2.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="fill: 2 values for an image with 3 channels"):
+        pil_affine(torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0, 1, 0, 1, 0]]), (0.5, 0.5))

@@ -15,13 +15,19 @@ Fidelity to the generators (random draws come from torch, so no image equals the
 files byte for byte; the algorithms and constants are the generators'):
 
 * exact (tested byte for byte or to float round-off against an independent formulation):
-  pixelate (Pillow BOX, 8-bit fixed point), jpeg_compression (Pillow), contrast, brightness and
-  saturate (scikit-image HSV), gaussian_blur (SciPy Gaussian), defocus_blur (the anti-aliased
-  disk, OpenCV ``filter2D``), zoom_blur (SciPy ``zoom(order=1)``), glass_blur (the generator's
+  pixelate (Pillow BOX, 8-bit fixed point), jpeg_compression (Pillow), contrast,
+  gaussian_blur (SciPy Gaussian), zoom_blur (SciPy ``zoom(order=1)``), glass_blur (the generator's
   loop including its numpy semantics: ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` copies, it does
-  not swap), motion_blur (ImageMagick's kernel and offsets, edge virtual pixels, 8-bit output),
+  not swap), motion_blur (ImageMagick's kernel and offsets, edge virtual pixels, its Q16 PNG output
+  ``floor(round(65535 y) / 257)``; snow's streaks the same),
   elastic_transform (affine + displacement, to SciPy's sampling), the uint8 truncation
-  ``np.uint8(x * 255)`` of the outputs.
+  ``np.uint8(x * 255)`` of the outputs (of the exact value: see the next item).
+* within one grey level: brightness and saturate (scikit-image HSV) and defocus_blur (the
+  anti-aliased disk, OpenCV ``filter2D``) compute the same values, but the generator's float64
+  arithmetic lands some exact levels just below them (brightness 4 on the grey level 81:
+  ``(81 / 255 + 0.2) * 255`` is 131.99999999999997, which ``np.uint8`` truncates to 131) where this
+  package's 8-bit output snaps them (132): one level lower there on up to 8% of the pixels of an
+  image.
 * close: elastic_transform uses exact bilinear weights where OpenCV's ``warpAffine`` quantises
   coordinates to 1/32 px; frost resizes the photographs with bilinear interpolation in float
   where OpenCV uses 11-bit fixed point (at scale 0.2 the sample points fall on pixels, so the

@@ -340,6 +340,19 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles_deg: torch.
     return result
 
 
+def imagemagick_png8(y: torch.Tensor) -> torch.Tensor:
+    """ImageMagick 6.9 (Q16) storing a float result ``y`` (in [0, 1]) and writing it as an 8-bit PNG.
+
+    ``ClampToQuantum`` rounds to a 16-bit quantum, ``q = floor(65535 y + 0.5)`` clamped to 0..65535,
+    and the PNG writer keeps ``floor(q / 257)``: ``floor(round(65535 y) / 257)``, not ``round(255 y)``
+    (``y = 0.5`` gives 127, not 128). This is the generator's ImageMagick as measured for issue 8; a
+    build whose ``ScaleQuantumToChar`` rounds (``(q + 128) / 257``) would give ``round(q / 257)``.
+    Returns the 8-bit values divided by 255, in ``y``'s dtype.
+    """
+    q = torch.floor(y.clamp(0, 1) * 65535 + 0.5)
+    return torch.floor(q / 257) / 255
+
+
 # ----------------------------------------------------------------------------- fog
 
 

@@ -21,7 +21,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float, ctx: Context) -> torch.Tensor:
 
 @CORRUPTIONS.register("defocus_blur", family="blur", random=False, rgb=False)
 def defocus_blur(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor:
-    """Correlation with an anti-aliased disk (radius, alias_blur); OpenCV ``filter2D``, reflect-101."""
+    """Correlation with an anti-aliased disk (radius, alias_blur); OpenCV ``filter2D``, reflect-101.
+
+    uint8 output: within one level of the generator (float64 round-off there, see :mod:`testtime.corruptions`)."""
     return _ops.correlate2d(x, _ops.disk_kernel(float(p[0]), float(p[1])), "reflect101")
 
 
@@ -81,12 +83,13 @@ def glass_blur(x: torch.Tensor, p: tuple[float, int, int], ctx: Context) -> torc
 def motion_blur(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor:
     """ImageMagick ``MotionBlurImage(radius, sigma, angle)``, angle ~ U(-45, 45) degrees per image.
 
-    With uint8 input the result is rounded to 8 bits, as ImageMagick's PNG output is.
+    With uint8 input the result is stored as ImageMagick's 8-bit PNG output is
+    (:func:`~testtime.corruptions._ops.imagemagick_png8`: ``floor(round(65535 y) / 257)``).
     """
     angles = ctx.rng.uniform((x.shape[0],), -45.0, 45.0, dtype=torch.float64)
     y = _ops.motion_blur(x, float(p[0]), float(p[1]), angles)
     if ctx.quantized:
-        y = torch.round(y.clamp(0, 1) * 255) / 255
+        y = _ops.imagemagick_png8(y)
     return y
 
 

@@ -19,7 +19,10 @@ from testtime.corruptions.registry import CORRUPTIONS, Context
 
 @CORRUPTIONS.register("brightness", family="digital", random=False, rgb=True)
 def brightness(x: torch.Tensor, shift: float, ctx: Context) -> torch.Tensor:
-    """HSV value channel ``v <- clip(v + shift, 0, 1)`` (scikit-image rgb2hsv / hsv2rgb)."""
+    """HSV value channel ``v <- clip(v + shift, 0, 1)`` (scikit-image rgb2hsv / hsv2rgb).
+
+    uint8 output: within one level of the generator (its float64 round-off truncates some exact
+    levels one lower; see :mod:`testtime.corruptions`)."""
     hsv = _ops.rgb_to_hsv(x)
     hsv = torch.cat((hsv[:, :2], (hsv[:, 2:] + shift).clamp(0, 1)), dim=1)
     return _ops.hsv_to_rgb(hsv)
@@ -27,7 +30,7 @@ def brightness(x: torch.Tensor, shift: float, ctx: Context) -> torch.Tensor:
 
 @CORRUPTIONS.register("saturate", family="digital", random=False, rgb=True)
 def saturate(x: torch.Tensor, p: tuple[float, float], ctx: Context) -> torch.Tensor:
-    """HSV saturation ``s <- clip(s * p[0] + p[1], 0, 1)``."""
+    """HSV saturation ``s <- clip(s * p[0] + p[1], 0, 1)``; uint8 output within one level of the generator."""
     hsv = _ops.rgb_to_hsv(x)
     hsv = torch.cat((hsv[:, :1], (hsv[:, 1:2] * p[0] + p[1]).clamp(0, 1), hsv[:, 2:]), dim=1)
     return _ops.hsv_to_rgb(hsv)

@@ -20,7 +20,8 @@ def snow(x: torch.Tensor, p: tuple, ctx: Context) -> torch.Tensor:
 
     p = (loc, scale, zoom, threshold, blur radius, blur sigma, blend). The layer
     ``N(loc, scale^2)`` (one per image, H x W) is clipped-zoomed, zeroed below ``threshold``,
-    stored as 8-bit, motion-blurred at an angle ~ U(-135, -45) and stored as 8-bit again.
+    stored as 8-bit, motion-blurred at an angle ~ U(-135, -45) and stored as 8-bit again (as
+    ImageMagick's PNG writer does, :func:`~testtime.corruptions._ops.imagemagick_png8`).
     The image is whitened ``blend * x + (1 - blend) * max(x, 1.5 * gray(x) + 0.5)`` and the layer
     is added twice (as is and rotated by 180 degrees).
     """
@@ -32,7 +33,7 @@ def snow(x: torch.Tensor, p: tuple, ctx: Context) -> torch.Tensor:
     layer = torch.floor(layer.clamp(0, 1) * 255) / 255  # astype(uint8) before the PNG round trip
     angles = ctx.rng.uniform((n,), -135.0, -45.0, dtype=torch.float64)
     layer = _ops.motion_blur(layer, float(radius), float(sigma), angles)
-    layer = torch.round(layer.clamp(0, 1) * 255) / 255  # ImageMagick writes 8-bit PNG
+    layer = _ops.imagemagick_png8(layer)  # ImageMagick writes an 8-bit PNG: floor(round(65535 y) / 257)
     gray = _ops.rgb_to_gray(x) if c == 3 else x
     x = blend * x + (1 - blend) * torch.maximum(x, gray * 1.5 + 0.5)
     return x + layer + torch.flip(layer, dims=(2, 3))

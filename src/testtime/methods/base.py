@@ -9,6 +9,11 @@ What a subclass declares (class attributes):
 - ``default_order``: whether a batch is predicted ``"before"`` its update (TENT/EATA/SAR/CoTTA: the
   logits come from the adaptation forward pass) or ``"after"`` it (MEMO, TTT, CTA: N steps, then
   predict). A protocol may override it; see :mod:`testtime.bench.protocols`.
+- ``before_logits``: with order ``"before"`` and ``steps > 1``, which forward pass's logits are
+  returned: ``"last"`` (the forward pass of the last step, i.e. after ``steps - 1`` updates; what the
+  official loops of TENT, EATA, SAR and CoTTA return: ``for _ in range(steps): outputs =
+  forward_and_adapt(x)``) or ``"first"`` (the default: the prediction before any update on the batch,
+  the meaning of "before" for MEMO, TTT and CTA). With ``steps == 1`` both are the same pass.
 
 What a subclass implements (hooks; the step loop, device handling, mixed precision, non-finite
 guarding, snapshot and reset live here once):
@@ -143,6 +148,7 @@ class Method(nn.Module):
     Config: ClassVar[type] = MethodConfig
     requirements: ClassVar[Requirements] = Requirements(adapts="nothing")
     default_order: ClassVar[Order] = "before"
+    before_logits: ClassVar[Literal["first", "last"]] = "first"
 
     def __init__(self, model: nn.Module, config: Any = None) -> None:
         super().__init__()
@@ -262,19 +268,24 @@ class Method(nn.Module):
         return torch.autocast(device_type=x.device.type, enabled=bool(self.config.amp))
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """Run ``config.steps`` updates on ``x``; return the logits of the first forward (pre-update).
+        """Run ``config.steps`` updates on ``x``; return the logits of its first or last forward pass.
+
+        Which one is ``before_logits`` (see the module docstring): ``"first"`` is the pre-update
+        prediction, ``"last"`` the forward pass of the last step (after ``steps - 1`` updates).
 
         A non-finite loss skips the step; non-finite weights after a step are restored from the
         weights before it. Both are counted in ``self.nonfinite_steps``.
         """
         self.check_batch(x)
         first: torch.Tensor | None = None
+        last: torch.Tensor | None = None
         with torch.enable_grad():
             for _ in range(max(self.config.steps, 0)):
                 with self._autocast(x):
                     loss, logits = self.loss(x)
+                last = logits.detach().float()
                 if first is None:
-                    first = logits.detach().float()
+                    first = last
                 if loss is None or self.optimizer is None:
                     continue
                 if not torch.isfinite(loss):
@@ -291,11 +302,11 @@ class Method(nn.Module):
                 self.after_step(x, logits.detach())
         if first is None:
             with self._autocast(x):
-                first = self.predict(x).float()
-        return first
+                return self.predict(x).float()
+        return last if self.before_logits == "last" else first
 
     def step(self, x: torch.Tensor, order: Order | None = None) -> torch.Tensor:
-        """Adapt on ``x`` and return its logits, predicted ``before`` or ``after`` the update."""
+        """Adapt on ``x``; return its logits predicted ``before`` (see ``before_logits``) or ``after`` the update."""
         order = order or self.default_order
         if order == "before":
             return self.adapt(x)

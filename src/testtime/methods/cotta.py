@@ -49,7 +49,8 @@ class CoTTA(Method):
     ("anchor") model's mean max-probability on the batch is below p_th = 0.92, the pseudo-label is the
     teacher's logits averaged over 32 augmented copies (Eq. 3-4); after every step each weight is
     reset to its source value with probability p = 0.01 (stochastic restore, Eq. 5-6), drawn from
-    ``self.generator``. The returned prediction is the teacher's pseudo-label, as in the official code.
+    ``self.generator``. The returned prediction is the teacher's pseudo-label, as in the official code; with
+    ``steps > 1`` the last step's (the official ``for _ in range(steps): outputs = forward_and_adapt(x)``).
     Teacher and anchor are declared state (submodules), so ``reset()`` restores them. Designed for
     the continual protocol (never reset).
 
@@ -63,6 +64,7 @@ class CoTTA(Method):
     Config = CoTTAConfig
     requirements = Requirements(adapts="all parameters (student), EMA teacher, stochastic restore", views="cotta-aug")
     default_order = "before"
+    before_logits = "last"
 
     def check_model(self, model: nn.Module) -> None:
         c = self.config

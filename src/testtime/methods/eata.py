@@ -17,7 +17,12 @@ from torch import nn
 
 from testtime.losses.entropy import softmax_entropy
 from testtime.methods.base import Method, MethodConfig, Requirements, register_method
-from testtime.methods.tent import bn_affine_params, confident_example_model, configure_bn_adaptation
+from testtime.methods.tent import (
+    bn_affine_params,
+    check_bn_layers,
+    confident_example_model,
+    configure_bn_adaptation,
+)
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,17 @@ class EATAConfig(EntropyFilterConfig):
     - ``d_margin``: epsilon, the cosine-similarity redundancy margin of Eq. 5 (0.05).
     - ``prob_momentum``: the moving average of the mean prediction used by Eq. 5 (0.9 in the code).
     - ``fisher_alpha``: beta, the weight of the Fisher regulariser of Eq. 8 (2000).
+    - ``bn_layers``: ``"all"`` BatchNorm types adapted (default) or ``"2d"`` only, as the official
+      ``collect_params`` (see :func:`~testtime.methods.tent.adapted_bn_layers`).
     """
 
     d_margin: float = 0.05
     prob_momentum: float = 0.9
     fisher_alpha: float = 2000.0
+    bn_layers: str = "all"
+
+    def __post_init__(self) -> None:
+        check_bn_layers(self.bn_layers)
 
 
 @torch.no_grad()
@@ -100,7 +111,8 @@ class EATA(Method):
     with Fisher weights F from the squared gradients of the pseudo-label cross-entropy on source
     samples. Call :meth:`compute_fisher` with source batches for the full method; without it the
     regulariser is off (F = 0, the paper's "ETA" variant) and a warning says so. Predictions are those
-    of the adaptation forward pass (before the update).
+    of the adaptation forward pass (before the update); with ``steps > 1`` those of the last step's
+    forward pass, as the official loop returns.
 
     Example::
 
@@ -117,6 +129,7 @@ class EATA(Method):
         needs_source_data=True,
     )
     default_order = "before"
+    before_logits = "last"
 
     @classmethod
     def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:
@@ -128,8 +141,8 @@ class EATA(Method):
         if c.d_margin <= 0 or not 0 <= c.prob_momentum < 1 or c.fisher_alpha < 0:
             raise ValueError(f"eata: need d_margin > 0, 0 <= prob_momentum < 1, fisher_alpha >= 0; got "
                              f"{c.d_margin}, {c.prob_momentum}, {c.fisher_alpha}")
-        configure_bn_adaptation(self.model)
-        flat = torch.cat([p.detach().reshape(-1) for _, p in bn_affine_params(self, self.model)])  # (P,)
+        configure_bn_adaptation(self.model, c.bn_layers)
+        flat = torch.cat([p.detach().reshape(-1) for _, p in self.params()])  # (P,)
         # Declared state: Fisher weights F (zeros until compute_fisher), the source weights theta^0,
         # the moving average of the mean prediction (Eq. 5) and whether it has been initialised.
         self.register_state("fisher", torch.zeros_like(flat))
@@ -151,7 +164,7 @@ class EATA(Method):
         return int(linears[-1].out_features)
 
     def params(self) -> Iterable[tuple[str, nn.Parameter]]:
-        return bn_affine_params(self, self.model)
+        return bn_affine_params(self, self.model, self.config.bn_layers)
 
     def e0(self, num_classes: int) -> float:
         """E_0 of Eq. 3 for ``num_classes`` classes (:meth:`EntropyFilterConfig.e0`)."""

@@ -37,7 +37,10 @@ class MEMO(Method):
     averaged over the views (the marginal entropy, Eq. 2), predict the image with the adapted
     model, then go back to the source weights for the next image. Single-image by design, so batch
     size 1 is supported and a batch of B images costs B separate adaptations. The model stays in
-    eval mode (BN uses its stored statistics), as in the official CIFAR code. Views are drawn from
+    eval mode (BN uses its stored statistics), as in the official CIFAR code. The views are the
+    official AugMix operations on 8-bit images (:mod:`testtime.transforms.augmix`: PIL's lookup tables,
+    PIL's truncating bilinear transforms and the official ``fillcolor=128``, which PIL reads as the
+    colour (128, 0, 0) on RGB images); their random draws come from torch. Views are drawn from
     ``self.generator``; the per-image weight restore does not rewind it, so every image gets fresh views.
 
     Example::

@@ -32,15 +32,33 @@ class SARConfig(EntropyFilterConfig):
     - ``rho``: the SAM neighbourhood radius of Eq. 4 (0.05).
     - ``reset_constant``: e_m, recover the source weights when the moving average of the loss drops
       below it (0.2, Section 4); ``ema_momentum`` 0.9 is that moving average's momentum.
-    - ``exclude``: adapted-parameter name fragments that are skipped (the code leaves the top stage of a
-      ResNet-50 frozen: ``layer4``; in this package's 4-stage ResNets that stage is ``encoder.layers.3.``;
-      CIFAR ResNets have 3 stages, so nothing is skipped there).
+    - ``step_on_empty``: what a batch with no reliable sample (at the first filter, or at the second
+      one at ``w + eps``) does. ``True`` (the official code): the step is still taken with a zero
+      gradient (mr-eggplant/SAR back-propagates the mean of an empty selection, whose gradient is
+      zero, then calls ``second_step``), so SGD momentum still moves the weights by ``lr * momentum *
+      buffer``; the loss average is left as it is (the official code skips it on a NaN loss).
+      ``False``: no step on such a batch.
+    - ``exclude``: norm layers left frozen, as the official ``collect_params``: the top stage of a
+      ResNet-50 (``layer4``; in this package's 4-stage ResNets ``encoder.layers.3``; CIFAR ResNets have
+      3 stages, so nothing is skipped there) and, for ViT-style models, ``blocks.9``, ``blocks.10``,
+      ``blocks.11`` and the final ``norm``. A fragment matches a module whose dotted name contains it
+      as whole components (``norm`` matches ``norm`` and ``vit.norm``, not ``norm1`` or ``fc_norm``).
+      The official code tests substrings (``'blocks.9' in name``, ``'norm.' in name``) and the exact
+      name ``norm``: the same layers on its timm ViT-B/16 and ResNet-50, and here a model wrapped in
+      another module (``vit.norm``) keeps the same layers frozen.
     """
 
     rho: float = 0.05
     reset_constant: float = 0.2
     ema_momentum: float = 0.9
-    exclude: tuple[str, ...] = ("layer4", "encoder.layers.3.")
+    step_on_empty: bool = True
+    exclude: tuple[str, ...] = ("layer4", "encoder.layers.3", "blocks.9", "blocks.10", "blocks.11", "norm")
+
+
+def excluded(name: str, fragments: Iterable[str]) -> bool:
+    """Whether module ``name`` contains one of ``fragments`` as whole dotted components."""
+    padded = f".{name}."
+    return any(f".{frag.strip('.')}." in padded for frag in fragments)
 
 
 @register_method("sar")
@@ -51,8 +69,11 @@ class SAR(Method):
     by ``eps = rho g / ||g||`` (Eq. 4), recompute the filtered entropy there (filtering again), and
     apply that gradient at the original weights (Eq. 5), and (iii) recovers the source weights and
     optimiser state when the moving average of the second-pass loss falls below e_m = 0.2 (model
-    collapse). BN layers use test-batch statistics. Batch size 1 is supported (SAR's wild-world
-    setting; meaningful with GN/LN models). Predictions are from the first forward (before the update).
+    collapse). A batch with no reliable sample still takes the (zero-gradient) step, so SGD momentum
+    moves the weights, as in the official code (``step_on_empty``). BN layers use test-batch
+    statistics. Batch size 1 is supported (SAR's wild-world setting; meaningful with GN/LN models).
+    Predictions are from the first forward of a step (before its update); with ``steps > 1`` from
+    the last step's first forward, as the official loop returns.
 
     Example::
 
@@ -64,6 +85,7 @@ class SAR(Method):
     Config = SARConfig
     requirements = Requirements(adapts="norm-layer affine (BN/GN/LN gamma, beta), SAM update")
     default_order = "before"
+    before_logits = "last"
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, NORM_LAYERS) for m in model.modules()):
@@ -84,7 +106,7 @@ class SAR(Method):
         self.model.requires_grad_(False)
         use_batch_statistics(self.model)
         for name, m in self.model.named_modules():
-            if isinstance(m, NORM_LAYERS) and not any(f in name + "." for f in self.config.exclude):
+            if isinstance(m, NORM_LAYERS) and not excluded(name, self.config.exclude):
                 for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
                     if p is not None:
                         p.requires_grad_(True)
@@ -111,7 +133,10 @@ class SAR(Method):
         e0 = self.e0(logits.shape[1])
         reliable = ent < e0  # Eq. 2, first pass
         if not reliable.any():
-            return None, logits  # nothing reliable: no update on this batch
+            if not self.config.step_on_empty:
+                return None, logits  # nothing reliable: no update on this batch
+            self._pending = (x, reliable, e0)
+            return ent[reliable].sum(), logits  # 0 with a zero gradient (step_on_empty, as the official code)
         self._pending = (x, reliable, e0)
         return ent[reliable].mean(), logits
 
@@ -142,10 +167,12 @@ class SAR(Method):
             if math.isfinite(value):
                 self._update_ema(value)
             loss2.backward()
+        elif self.config.step_on_empty:
+            ent2[keep].sum().backward()  # zero gradients, so that the base optimiser still steps
         with torch.no_grad():
             for p, o in zip(params, old):
                 p.copy_(o)  # back to w
-        if keep.any():
+        if keep.any() or self.config.step_on_empty:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

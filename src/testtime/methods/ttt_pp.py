@@ -15,10 +15,27 @@ encoder is updated, in train mode; projector and classifier in eval mode), SupCo
 temperature 0.5 and base temperature 0.07 (so the SimCLR term is scaled by 0.5 / 0.07),
 ``scale_ext`` 0.05, ``scale_ssh`` 0.2, the mean term further scaled by 0.5 (``MMD_SCALE_FACTOR``),
 a queue of past test features (1,536 including the current batch of 256, here ``queue_size`` past
-features) for the statistics. The official code adapts offline over many epochs of the test set;
-here the method adapts per batch under the chosen protocol (``steps`` updates per batch), the
-BN-only warm-up epochs (``--bnepoch``) are not reproduced, and the queue is used as soon as it holds
-features (the official queue is used once full).
+features) for the statistics.
+
+What matches the official loop (``cifar/ttt++.py``, ``--method both``), and how closely:
+
+- BN: each step runs the encoder in train mode three times, as the official loop does (the SSL
+  pass on the two views, the encoder-feature alignment pass ``ext(x)`` and the projector-feature
+  alignment pass ``head(ext(x))``), so BN running statistics move three times per step (momentum
+  0.1) and the eval-mode predictions follow them as the official ones do. The gradient is the same
+  as from one alignment pass (train-mode BN normalises with the batch's own statistics).
+- Queue: used only once full, as the official ``FeatureQueue.get`` (``None`` until its last row is
+  filled). The official ``get`` returns the buffer itself and ``update`` then writes the current
+  batch into it before the concatenation, so the current batch counts twice and the oldest past
+  batch is dropped: a bug. Here the statistics use the current batch once plus ``queue_size`` past
+  features; ``queue_holds_current=True`` reproduces the official variant.
+- Source statistics (:func:`compute_source_statistics`): as the official ``offline``: the first
+  batch gives the reference discrepancies, the other batches the mean and covariance.
+- Not reproduced: the official code adapts offline over many epochs of the whole test set, and its
+  first ``--bnepoch`` (2) epochs only move BN statistics (SSL forward passes, no step). Here the
+  method adapts per batch under the chosen protocol (``steps`` updates per batch): batches arrive
+  once, so epochs over the test set before any update cannot be reproduced without changing the
+  evaluation protocol itself. ``predict_bn="batch"`` is the nearest end state.
 
 The source statistics live in the model (``AuxHeadModel.stats_encoder`` / ``stats_aux`` buffers,
 see :func:`compute_source_statistics`), the queue in declared state of the method, so ``reset()``
@@ -61,6 +78,9 @@ class TTTPPConfig(MethodConfig):
     scale_aux: float = 0.2  # weight of the projector-feature alignment (SCALE_SSH)
     mean_factor: float = 0.5  # extra factor of the mean term (MMD_SCALE_FACTOR)
     queue_size: int = 1280  # past test features used with the batch for the statistics (QS 1536 - batch 256)
+    # True: the official FeatureQueue's variant (the current batch is written into the queue before
+    # it is read, so it counts twice and the oldest batch is dropped); False: the batch once + past features
+    queue_holds_current: bool = False
     views: SimCLRViewsConfig = field(default_factory=SimCLRViewsConfig)
     # BN statistics used to predict: "running" (official: eval mode, running statistics that the
     # train-mode adaptation passes moved with momentum 0.1) or "batch" (the test batch's own
@@ -170,9 +190,22 @@ class TTTPlusPlus(Method):
                 bn.train(mode)
                 bn.momentum = mom
 
+    def _ring(self, n: int) -> torch.Tensor:
+        """The queue rows (n,) that the next ``n`` features are written to (oldest first)."""
+        q = self.queue_encoder.shape[0]
+        return (int(self.queue_ptr) + torch.arange(n)) % q
+
     def _with_queue(self, feats: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        n = int(self.queue_len)
-        return torch.cat([feats, queue[:n].to(feats.dtype)]) if n else feats  # (B + n, D)
+        """``feats`` (B, D) and, once the queue is full (as the official code), its q rows -> (B + q, D)."""
+        q = queue.shape[0]
+        if q == 0 or int(self.queue_len) < q:
+            return feats
+        past = queue.to(feats.dtype)
+        if self.config.queue_holds_current:  # the official get-then-update order
+            cur = feats.detach()[-q:]
+            past = past.clone()
+            past[self._ring(cur.shape[0]).to(past.device)] = cur
+        return torch.cat([feats, past])
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SSL (NT-Xent on two views) + scaled CORAL and mean alignment of both feature spaces."""
@@ -182,13 +215,13 @@ class TTTPlusPlus(Method):
         b = x.shape[0]
         v1, v2 = simclr_views(x, self.generator, c.views)
         m.encoder.train()  # official: ext.train(); head and classifier in eval mode (--fix_ssh)
-        try:
-            z = m.aux(m.encoder(torch.cat([v1, v2])))  # (2B, P)
+        try:  # three train-mode encoder passes, as the official loop (BN statistics move three times)
+            z = m.aux(m.encoder(torch.cat([v1, v2])))  # (2B, P) the SSL pass
             ssl = nt_xent(z[:b], z[b:], c.tau)
-            f = m.encoder(x)  # (B, D) the un-augmented test batch
+            f = m.encoder(x)  # (B, D) the un-augmented test batch: encoder-feature alignment pass
+            a = m.aux(m.encoder(x))  # (B, P) projector-feature alignment pass
         finally:
             m.eval()
-        a = m.aux(f)  # (B, P)
         self._last = (f.detach(), a.detach())
         ce, me = alignment_terms(self._with_queue(f, self.queue_encoder), m.stats_encoder)
         ca, ma = alignment_terms(self._with_queue(a, self.queue_aux), m.stats_aux)
@@ -202,7 +235,7 @@ class TTTPlusPlus(Method):
             return
         f, a = f[-q:], a[-q:]  # a batch larger than the queue keeps its last q rows
         n = f.shape[0]
-        idx = (int(self.queue_ptr) + torch.arange(n)) % q  # (n,) ring positions
+        idx = self._ring(n)  # (n,) ring positions
         self.queue_encoder[idx.to(self.queue_encoder.device)] = f.to(self.queue_encoder.dtype)
         self.queue_aux[idx.to(self.queue_aux.device)] = a.to(self.queue_aux.dtype)
         self.queue_ptr.fill_((int(self.queue_ptr) + n) % q)
@@ -228,12 +261,15 @@ def compute_source_statistics(
 ) -> dict[str, float]:
     """TTT++'s offline summary: mean and covariance of the source features, stored in ``model``.
 
-    Features of the encoder (D) and of the projector (P) are computed in eval mode on ``images``
-    (uint8 (N, H, W, C) or float (N, C, H, W) in [0, 1], N >= 2 * batch_size recommended); the
-    statistics of all N are stored, and the reference discrepancies ``coral_ref`` / ``mean_ref``
-    are the average CORAL / mean-alignment distance between each full batch of ``batch_size``
-    source images and the whole set (the official code measures against its first batch). Returns
-    the reference values and N.
+    As the official ``offline`` (vita-epfl/ttt-plus-plus ``cifar/offline.py``): features of the
+    encoder (D) and of the projector (P) are computed in eval mode on ``images`` (uint8 (N, H, W, C)
+    or float (N, C, H, W) in [0, 1], N >= 2 * batch_size), in batches of ``batch_size`` in the
+    given order. The first batch is the reference: ``coral_ref`` / ``mean_ref`` are the average
+    CORAL / mean-alignment distance between its statistics and those of each later batch (batches
+    of at least 2 images); the stored mean and covariance are those of all images but the first
+    batch. The official run uses batches of 1,536, the number of features its test-time statistics
+    use (queue + batch); the reference values depend on that size. The model's dtype is used
+    (float64 models work). Returns the reference values and the number of images summarised.
     """
     if not isinstance(model, AuxHeadModel) or model.task != "simclr":
         raise ValueError("compute_source_statistics: model must be an AuxHeadModel with task='simclr'")
@@ -250,28 +286,26 @@ def compute_source_statistics(
     was = model.training
     model.eval()
     model.to(device)
+    dtype = next(model.parameters()).dtype
     feats, auxs = [], []
     for s in range(0, n, batch_size):
         xb = x_all[s : s + batch_size].to(device)
-        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
+        xb = xb.to(dtype).div(255.0) if xb.dtype == torch.uint8 else xb.to(dtype)
         f = model.encoder(xb)  # (b, D)
         feats.append(f.double().cpu())
         auxs.append(model.aux(f).double().cpu())
-    out: dict[str, float] = {"n": float(n)}
-    for key, stats, all_f in (("encoder", model.stats_encoder, torch.cat(feats)),
-                              ("aux", model.stats_aux, torch.cat(auxs))):
-        mean = all_f.mean(0)  # (D,)
-        cov = covariance(all_f)  # (D, D)
-        corals, means = [], []
-        for s in range(0, n - batch_size + 1, batch_size):
-            fb = all_f[s : s + batch_size]  # (batch_size, D)
-            corals.append(float(coral(cov, covariance(fb))))
-            means.append(float(mean_alignment(mean, fb.mean(0))))
-        stats.mean.copy_(mean.to(stats.mean))
-        stats.cov.copy_(cov.to(stats.cov))
+    out: dict[str, float] = {"n": float(n - batch_size)}
+    for key, stats, batches in (("encoder", model.stats_encoder, feats), ("aux", model.stats_aux, auxs)):
+        first, rest = batches[0], torch.cat(batches[1:])  # (batch_size, D), (N - batch_size, D)
+        cov_ref, mean_ref = covariance(first), first.mean(0)
+        later = [fb for fb in batches[1:] if fb.shape[0] >= 2]
+        corals = [float(coral(cov_ref, covariance(fb))) for fb in later]
+        means = [float(mean_alignment(mean_ref, fb.mean(0))) for fb in later]
+        stats.mean.copy_(rest.mean(0).to(stats.mean))
+        stats.cov.copy_(covariance(rest).to(stats.cov))
         stats.coral_ref.fill_(max(float(np.mean(corals)), 1e-12))
         stats.mean_ref.fill_(max(float(np.mean(means)), 1e-12))
-        stats.count.fill_(n)
+        stats.count.fill_(rest.shape[0])
         out[f"{key}_coral_ref"] = float(stats.coral_ref)
         out[f"{key}_mean_ref"] = float(stats.mean_ref)
     model.train(was)

@@ -126,8 +126,8 @@ class FeatureStats(nn.Module):
     """Source statistics of one feature space, as buffers (saved with the model): TTT++'s offline summary.
 
     Buffers: ``mean`` (D,), ``cov`` (D, D), ``coral_ref`` and ``mean_ref`` (scalars: the average CORAL
-    and mean-alignment discrepancy between a source batch and the whole source set; TTT++ divides the
-    test-time terms by them), ``count`` (number of source samples; 0 = not computed).
+    and mean-alignment discrepancy between the first source batch and each later one, as TTT++'s
+    ``offline``; TTT++ divides the test-time terms by them), ``count`` (number of source samples; 0 = not computed).
     """
 
     def __init__(self, dim: int) -> None:

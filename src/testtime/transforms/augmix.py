@@ -13,9 +13,17 @@ ICLR 2020; as used by MEMO (Zhang, Levine and Finn, NeurIPS 2022; official code 
 Severity 1 (MEMO's CIFAR setting) gives magnitudes drawn from ``level ~ U(0.1, 1)``: rotation
 ``int(3 level)`` degrees, solarize threshold ``256 - int(25.6 level)``, shear ``0.03 level``,
 translation ``int(level * S / 30)`` pixels (S = image size), posterize to 4 bits; random signs.
-The operations follow PIL's definitions on 8-bit values (results are rounded to multiples of 1/255
-after every operation, as PIL images are); geometric operations are bilinear with grey fill (128),
-but blend border pixels with the fill where PIL would fill them outright.
+How closely this matches the official operations (PIL on 8-bit images):
+
+- autocontrast, equalize, solarize, posterize: PIL's lookup tables, byte for byte (tested).
+- rotate, shear, translate: PIL's ``transform(AFFINE, BILINEAR, fillcolor=128)``: sample points
+  outside the image take the fill, points inside are bilinear with edge clamping, and the result
+  is truncated to 8 bits as PIL's ``(UINT8)`` cast does (not rounded). The fill is the official
+  one: ``fillcolor=128`` on an RGB image is the packed colour (128, 0, 0), a dark red, not grey
+  (a grey image gets 128). Integer translations are byte for byte; sub-pixel shears and rotations
+  agree with PIL except within one level where the bilinear value is an integer up to float
+  round-off (PIL's compiled arithmetic may land just below it; about 2% of pixels in the tests).
+- the input image is rounded to 8 bits first (the official code starts from a uint8 PIL image).
 
 Example::
 
@@ -39,7 +47,7 @@ OPS = ("autocontrast", "equalize", "rotate", "solarize", "shear_x", "shear_y", "
 
 @dataclass(frozen=True)
 class AugMixConfig:
-    """MEMO's CIFAR AugMix settings."""
+    """MEMO's CIFAR AugMix settings (zhangmarvin/memo ``utils/third_party.py``)."""
 
     severity: float = 1.0  # the ``level`` passed to every operation (MEMO: 1)
     width: int = 3  # chains mixed per view
@@ -47,7 +55,9 @@ class AugMixConfig:
     alpha: float = 1.0  # Dirichlet(alpha, ...) chain weights and Beta(alpha, alpha) mixing
     crop_padding: int = 4  # pre-augment random crop padding (0: no crop)
     flip: bool = True  # pre-augment random horizontal flip
-    fill: float = 128 / 255  # fill of the geometric operations
+    # fill of the geometric operations, per channel: the official fillcolor=128 on an RGB image is
+    # (128, 0, 0); a one-channel image takes the first value
+    fill: tuple[float, ...] = (128 / 255, 0.0, 0.0)
     ops: tuple[str, ...] = OPS
 
     def __post_init__(self) -> None:
@@ -58,6 +68,9 @@ class AugMixConfig:
             raise ValueError("AugMixConfig: need width >= 1, 1 <= depth[0] <= depth[1], alpha > 0, severity > 0.1; "
                              f"got width={self.width}, depth={self.depth}, alpha={self.alpha}, "
                              f"severity={self.severity}")
+        fill = (self.fill,) if isinstance(self.fill, (int, float)) else tuple(self.fill)
+        if not fill or not all(0 <= float(v) <= 1 for v in fill):
+            raise ValueError(f"AugMixConfig.fill: one value or one per channel, each in [0, 1]; got {self.fill!r}")
 
 
 def _q(x: torch.Tensor) -> torch.Tensor:
@@ -107,19 +120,39 @@ def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return (v & mask).to(x.dtype) / 255
 
 
-def pil_affine(x: torch.Tensor, coeffs: torch.Tensor, fill: float) -> torch.Tensor:
-    """PIL ``Image.transform(AFFINE, (a, b, c, d, e, f))``: output pixel (x, y) samples the input at
-    ``(a x + b y + c, d x + e y + f)`` (pixel-centre coordinates, origin at the top-left corner).
-    ``coeffs``: (N, 6). Bilinear; outside the image the value is ``fill``."""
-    n, _, h, w = x.shape
-    a, b, c, d, e, f = coeffs.to(torch.float64).unbind(1)
-    # Normalised coordinates (align_corners=False): u = 2 (x + 0.5) / W - 1.
-    theta = torch.stack([
-        torch.stack([a, b * h / w, a + b * h / w + 2 * c / w - 1], 1),
-        torch.stack([d * w / h, e, d * w / h + e + 2 * f / h - 1], 1),
-    ], 1).to(x.dtype)  # (N, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+def _fill_values(fill: float | tuple[float, ...], c: int) -> list[float]:
+    """The fill of ``c`` channels: a scalar for all, a tuple per channel (one channel: its first value)."""
+    values = [float(fill)] if isinstance(fill, (int, float)) else [float(v) for v in fill]
+    if c == 1 or len(values) == 1:
+        return values[:1] * c
+    if len(values) != c:
+        raise ValueError(f"fill: {len(values)} values for an image with {c} channels")
+    return values
+
+
+def pil_affine(x: torch.Tensor, coeffs: torch.Tensor, fill: float | tuple[float, ...]) -> torch.Tensor:
+    """PIL ``Image.transform(AFFINE, (a, b, c, d, e, f), BILINEAR, fillcolor)`` on 8-bit images.
+
+    Output pixel (x, y) samples the input at ``(a (x + .5) + b (y + .5) + c, d (x + .5) + e (y + .5) + f)``
+    (PIL's pixel-centre convention). A point outside ``[0, W) x [0, H)`` takes ``fill`` (per channel,
+    see :func:`_fill_values`); a point inside is bilinear between the nearest pixel centres with edge
+    clamping, and the result is truncated to 8 bits as PIL's ``(UINT8)`` cast does.
+    ``x``: (N, C, H, W) in [0, 1] on the 8-bit grid; ``coeffs``: (N, 6). Returns (N, C, H, W).
+    """
+    n, ch, h, w = x.shape
+    a, b, c, d, e, f = (t.view(-1, 1, 1) for t in coeffs.to(torch.float64).unbind(1))  # (N, 1, 1) each
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5,
+                            indexing="ij")  # (H, W)
+    xin, yin = a * xs + b * ys + c, d * xs + e * ys + f  # (N, H, W) input coordinates
+    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).unsqueeze(1)  # (N, 1, H, W)
+    # grid_sample's align_corners=False coordinate of the input point xin is 2 xin / W - 1
+    grid = torch.stack([2 * xin / w - 1, 2 * yin / h - 1], dim=-1)  # (N, H, W, 2)
+    v = torch.round(x.to(torch.float64).clamp(0, 1) * 255)
+    out = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = torch.floor(out + 1e-9)  # PIL's (UINT8) cast of a value in [0, 255]
+    fill_v = torch.tensor(_fill_values(fill, ch), dtype=torch.float64).view(1, ch, 1, 1) * 255
+    out = torch.where(inside, out, torch.round(fill_v))
+    return (out / 255).to(x.dtype)
 
 
 def _rotation_coeffs(deg: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -156,18 +189,18 @@ def apply_op(name: str, x: torch.Tensor, cfg: AugMixConfig, g: torch.Generator) 
         return posterize(x, 4 - torch.floor(lvl * 4 / 10).long())
     if name == "rotate":
         deg = torch.floor(lvl * 30 / 10) * _sign(n, g)
-        return _q(pil_affine(x, _rotation_coeffs(deg, h, w), cfg.fill))
+        return pil_affine(x, _rotation_coeffs(deg, h, w), cfg.fill)
     if name in ("shear_x", "shear_y"):
         s = lvl * 0.3 / 10 * _sign(n, g)
         coeffs = (torch.stack([one, s, zero, zero, one, zero], 1) if name == "shear_x"
                   else torch.stack([one, zero, zero, s, one, zero], 1))
-        return _q(pil_affine(x, coeffs, cfg.fill))
+        return pil_affine(x, coeffs, cfg.fill)
     if name in ("translate_x", "translate_y"):
         size = w if name == "translate_x" else h
         t = torch.floor(lvl * (size / 3) / 10) * _sign(n, g)
         coeffs = (torch.stack([one, zero, t, zero, one, zero], 1) if name == "translate_x"
                   else torch.stack([one, zero, zero, zero, one, t], 1))
-        return _q(pil_affine(x, coeffs, cfg.fill))
+        return pil_affine(x, coeffs, cfg.fill)
     raise ValueError(f"unknown AugMix operation {name!r}; valid: {list(OPS)}")
 
 
