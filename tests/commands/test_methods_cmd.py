@@ -33,3 +33,12 @@ def test_unknown_method_is_one_line_error(capsys):
     assert main(["methods", "tentt"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("testtime methods: error: unknown method 'tentt'; valid: ") and "\n" not in err
+
+
+def test_table_says_what_each_method_adapts_and_needs(capsys):
+    assert main(["methods"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "batches >= 2" in rows["shot-im"] and "encoder" in rows["shot-im"]
+    assert "BN layers, cotta-aug views" in rows["rotta"] and "memory bank" in rows["rotta"]
+    assert "nothing: output assignments only" in rows["lame"] and "class prototypes" in rows["t3a"]
+    assert "norm-layer affine" in rows["deyo"] and "reset to the source every N steps" in rows["rdumb"]

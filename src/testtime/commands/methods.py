@@ -2,7 +2,8 @@
 
 Examples::
 
-    testtime methods                 # name, what it adapts, what it needs, batch size 1, order, paper
+    testtime methods                 # name, what it adapts, what it needs (views, smallest batch), batch size 1,
+                                     # order, paper
     testtime methods --json          # the same as JSON
     testtime methods eata            # one method: requirements, config defaults (the paper's), docstring
 """
@@ -54,6 +55,16 @@ def paper_of(cls: type) -> str:
     return "-"
 
 
+def _needs_text(info: dict) -> str:
+    """The table's "needs" cell: the requirements, plus the views and the smallest batch when they matter."""
+    needs = list(info["needs"])
+    if info["views"] != "none":
+        needs.append(f"{info['views']} views")
+    if info["min_batch_size"] > 1:
+        needs.append(f"batches >= {info['min_batch_size']}")
+    return ", ".join(needs) or "-"
+
+
 def _config_defaults(name: str) -> dict:
     from testtime.methods import METHODS
 
@@ -90,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     table = [("name", "adapts", "needs", "bs=1", "order", "paper")]
     for r in rows:
-        table.append((r["name"], r["adapts"], ", ".join(r["needs"]) or "-", "yes" if r["batch_size_1"] else "no",
+        table.append((r["name"], r["adapts"], _needs_text(r), "yes" if r["batch_size_1"] else "no",
                       r["default_order"], r["paper"]))
     widths = [max(len(t[i]) for t in table) for i in range(5)]
     for t in table:

@@ -22,6 +22,36 @@ from testtime.methods.tent import confident_example_model
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
+def check_norm_layers(model: nn.Module, name: str) -> None:
+    """Raise when ``model`` has no BN/GN/LN layer (SAR and DeYO adapt their affine parameters)."""
+    if not any(isinstance(m, NORM_LAYERS) for m in model.modules()):
+        raise ValueError(f"method {name!r} adapts the affine parameters of normalisation layers "
+                         "(BatchNorm/GroupNorm/LayerNorm) but the model has none")
+
+
+def configure_norm_adaptation(model: nn.Module, exclude: tuple[str, ...], name: str) -> None:
+    """Train mode, BN on test-batch statistics, only the affine parameters of the norm layers (BN, GN,
+    LN) whose module name contains none of the ``exclude`` fragments as whole dotted components
+    require grad (SAR, DeYO)."""
+    model.train()
+    model.requires_grad_(False)
+    use_batch_statistics(model)
+    for mod_name, m in model.named_modules():
+        if isinstance(m, NORM_LAYERS) and not excluded(mod_name, exclude):
+            for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+                if p is not None:
+                    p.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"method {name!r}: every normalisation layer is excluded by config.exclude "
+                         f"{exclude}; nothing to adapt")
+
+
+def trainable_model_params(method: nn.Module, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name relative to ``method``, parameter) of every parameter of ``model`` that requires grad."""
+    ids = {id(p) for p in model.parameters() if p.requires_grad}
+    return [(n, p) for n, p in method.named_parameters() if id(p) in ids]
+
+
 @dataclass(frozen=True)
 class SARConfig(EntropyFilterConfig):
     """SAR's defaults (mr-eggplant/SAR ``sar.py`` / ``main.py``).
@@ -88,9 +118,7 @@ class SAR(Method):
     before_logits = "last"
 
     def check_model(self, model: nn.Module) -> None:
-        if not any(isinstance(m, NORM_LAYERS) for m in model.modules()):
-            raise ValueError("method 'sar' adapts the affine parameters of normalisation layers "
-                             "(BatchNorm/GroupNorm/LayerNorm) but the model has none")
+        check_norm_layers(model, self.name)
         c = self.config
         if c.rho <= 0 or not 0 <= c.ema_momentum < 1:
             raise ValueError(f"sar: need rho > 0 and 0 <= ema_momentum < 1; got rho={c.rho}, "
@@ -102,17 +130,7 @@ class SAR(Method):
         return confident_example_model(num_classes, in_chans)
 
     def configure(self) -> None:
-        self.model.train()
-        self.model.requires_grad_(False)
-        use_batch_statistics(self.model)
-        for name, m in self.model.named_modules():
-            if isinstance(m, NORM_LAYERS) and not excluded(name, self.config.exclude):
-                for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
-                    if p is not None:
-                        p.requires_grad_(True)
-        if not any(p.requires_grad for p in self.model.parameters()):
-            raise ValueError("method 'sar': every normalisation layer is excluded by config.exclude "
-                             f"{self.config.exclude}; nothing to adapt")
+        configure_norm_adaptation(self.model, self.config.exclude, self.name)
         # Declared state: the moving average of the second-pass loss and whether it has started.
         self.register_state("ema", torch.zeros((), dtype=torch.float64))
         self.register_state("has_ema", torch.zeros((), dtype=torch.bool))
@@ -120,8 +138,7 @@ class SAR(Method):
         self.recoveries = 0  # diagnostic, not state
 
     def params(self) -> Iterable[tuple[str, nn.Parameter]]:
-        ids = {id(p) for p in self.model.parameters() if p.requires_grad}
-        return [(n, p) for n, p in self.named_parameters() if id(p) in ids]
+        return trainable_model_params(self, self.model)
 
     def e0(self, num_classes: int) -> float:
         """E_0 of Eq. 2 for ``num_classes`` classes (:meth:`EntropyFilterConfig.e0`)."""

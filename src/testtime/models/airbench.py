@@ -17,10 +17,10 @@ code is this project's own:
 
 Differences from airbench94, so that the model fits this project's f / h split and its test-time
 methods: the classifier has a bias; BN layers have trainable affine weights (airbench freezes the
-BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU schedule); the stem is trainable
-after its whitening initialisation (airbench freezes its weights and trains the bias for 3 epochs);
-no lookahead EMA and no test-time flip/translate averaging. The training recipe (Nesterov SGD,
-label smoothing, flip + translate) is the ``cifar10-cpu`` preset's, not code here.
+BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU
+schedule); the stem is trainable after its whitening initialisation (airbench freezes its weights
+and trains the bias for 3 epochs); no lookahead EMA and no test-time flip/translate averaging. The
+training recipe (Nesterov SGD, label smoothing, crop + flip) is the ``cifar10-cpu`` preset's.
 
 Like every backbone here: images in [0, 1] (B, C, H, W), normalisation inside the model,
 ``encoder(x)`` -> (B, 256) features, ``fc`` the linear head h.
