@@ -1,0 +1,111 @@
+"""Source-time training of the CTA paper's peers with layer heads (``clust3``, ``nc-ttt``) by the one trainer.
+
+Each is a joint training from scratch of the classifier and the method's auxiliary heads on a
+shared testtime ResNet (:class:`testtime.methods._layer_heads.LayerHeadObjective`: CE + weight *
+the heads' source loss), run by :func:`testtime.train.fit` with the pipeline's ``supervised``
+:class:`TrainConfig`, on the same seeded training subset, so each peer gets the same data, epochs,
+schedule, checkpoints and resume as the supervised model of the same preset. The heads' settings
+are the method's ``HeadConfig`` (paper defaults), written to the sidecar as ``stage_config``: a
+checkpoint trained with other heads is not silently reused.
+
+Files: ``<run_dir>/<method>.safetensors/.json`` (modules ``encoder``, ``fc``, ``heads``).
+:func:`load_peer_model` rebuilds the model from the sidecar and fails, naming the method and the
+command that trains it, when the checkpoint holds no such heads.
+
+Example::
+
+    cfg = load_config("cifar10-cpu", None, [])            # testtime.commands.train
+    model = train_peer_stage(cfg, "runs/c10", load_data(cfg.data), "clust3")
+    method = create_method("clust3", model)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from testtime.train.checkpoint import load_modules, read_meta
+from testtime.train.trainer import fit
+
+PEER_STAGES = ("clust3",)
+_MODULES = ("encoder", "fc", "heads")
+KIND = "layer-head-model"
+
+
+def _method(stage: str) -> Any:
+    from testtime.methods import METHODS
+
+    if stage not in PEER_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(PEER_STAGES)}, got {stage!r}")
+    return METHODS.get(stage)
+
+
+def build_peer_model(stage: str, arch: str, num_classes: int, *, in_chans: int = 3, norm: str = "batch",
+                     head_config: Any = None) -> nn.Module:
+    """A fresh testtime ResNet ``arch`` with ``stage``'s auxiliary heads (``head_config``: its HeadConfig)."""
+    from testtime.models import create_model
+
+    cls = _method(stage)
+    return cls.source_model(create_model(arch, num_classes, in_chans=in_chans, norm=norm), head_config)
+
+
+def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild and load the ``stage`` model saved by :func:`train_peer_stage` (sha256 checked).
+
+    Fails before loading any tensor when the checkpoint holds no ``stage`` heads (e.g. a supervised
+    or ``ttt`` checkpoint), naming the method and the command that trains it.
+    """
+    from testtime.train.pipeline import config_from_dict
+
+    cls = _method(stage)
+    meta = read_meta(path)["meta"]
+    if meta.get("kind") != KIND or meta.get("method") != stage:
+        held = meta.get("method") or meta.get("stage") or meta.get("kind") or "unknown"
+        raise ValueError(
+            f"method {stage!r} needs its source-time heads, but checkpoint {path} holds none "
+            f"(it was saved by {held!r}); train them with `testtime train {stage}`"
+        )
+    head = config_from_dict(cls.HeadConfig, meta["stage_config"])
+    model = build_peer_model(stage, meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], norm=meta["norm"],
+                             head_config=head)
+    load_modules(path, {n: getattr(model, n) for n in _MODULES})
+    return model.to(device).eval()
+
+
+def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
+                     log: Any = print) -> nn.Module:
+    """Train (or load, when its checkpoint exists) the source model of ``stage`` ("clust3" | "nc-ttt").
+
+    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device and the
+    ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
+    """
+    from testtime.train.pipeline import _train_cfg
+
+    cls = _method(stage)
+    head_config = head_config if head_config is not None else cls.HeadConfig()
+    if getattr(cfg, "threads", None):
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = getattr(data, "train", data)
+    torch.manual_seed(cfg.seed)
+    model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels, norm=cfg.model.norm,
+                             head_config=head_config)
+    meta = {
+        "kind": KIND,
+        "method": stage,
+        "arch": cfg.model.arch,
+        "norm": cfg.model.norm,
+        "num_classes": int(train.num_classes),
+        "in_chans": int(train.channels),
+        "image_size": list(train.image_size),
+        "stage_config": dataclasses.asdict(head_config),
+        "pipeline": cfg.name,
+        "seed": cfg.seed,
+    }
+    fit(cls.source_objective(model), train, _train_cfg(cfg, cfg.supervised), run_dir, stage, meta=meta, log=log)
+    return model.eval()
