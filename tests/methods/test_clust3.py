@@ -6,11 +6,9 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from testtime.data.split import ImageSplit
 from testtime.losses.information_maximization import information_maximization
 from testtime.methods import create_method
 from testtime.methods.clust3 import ClusT3, ClusT3HeadConfig, cluster_assignments
@@ -133,25 +131,20 @@ def test_missing_heads_fail_naming_the_command():
         _model(layers=(4,))
 
 
-def _split(n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    return ImageSplit(images, rng.integers(0, 3, n).astype(np.int64), ("a", "b", "c"), "toy")
 
-
-def test_source_stage_trains_saves_reloads(tmp_path):
+def test_source_stage_trains_saves_reloads(tmp_path, toy_split):
     """`testtime train clust3`'s function: a few steps of the one trainer, checkpoint, reload, adapt."""
     cfg = config_from_dict(PipelineConfig, {"supervised": {"epochs": 2, "batch_size": 16, "warmup_epochs": 0,
                                                            "lr": 5e-3, "log_every": 1}})
     head = ClusT3HeadConfig(projectors=2)
-    model = train_peer_stage(cfg, tmp_path, _split(), "clust3", head, log=None)
+    model = train_peer_stage(cfg, tmp_path, toy_split(), "clust3", head, log=None)
     meta = (tmp_path / "clust3.json").read_text()
     assert '"objective": "clust3-joint"' in meta and (tmp_path / "clust3.safetensors").is_file()
     again = load_peer_model(tmp_path / "clust3", "clust3")
     for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
     assert again.head_config == head
-    x = torch.from_numpy(_split().images[:16]).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(toy_split().images[:16]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():  # the clustering term went down during the 6 steps
         torch.manual_seed(0)
         fresh = _clust3_loss_plain(_model(), x)
@@ -169,12 +162,12 @@ def test_load_rejects_checkpoints_without_the_heads(tmp_path):
         load_peer_model(tmp_path / "supervised", "clust3")
 
 
-def test_cli_train_clust3(tmp_path, monkeypatch, capsys):
+def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
     """`testtime train clust3` reaches the stage (data loading replaced by the toy split)."""
     import testtime.train.pipeline as pipeline
     from testtime.cli import main
 
-    monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(_split(), _split(), _split()))
+    monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(toy_split(), toy_split(), toy_split()))
     sets = ["supervised.epochs=1", "supervised.batch_size=16", "supervised.warmup_epochs=0"]
     argv = ["train", "clust3", "--run-dir", str(tmp_path), "--quiet"] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 0

@@ -14,7 +14,7 @@ the classifier at source time and used alone at test time to update the encoder 
   mode. Reset every batch = the episodic protocol (weights, BN statistics and Adam state restored).
 
 A method built on these declares ``HeadConfig`` (the source-time head's settings, saved beside the
-weights) and ``build_heads(stage_dims, head_config)``; ``testtime train <method>`` trains it
+weights) and ``Heads`` (built as ``Heads(stage_dims, head_config)``); ``testtime train <method>`` trains it
 (:mod:`testtime.train.peer_stages`).
 """
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from testtime.losses import cross_entropy
-from testtime.methods.base import Method, MethodConfig
+from testtime.methods.base import Method, MethodConfig, Requirements
 from testtime.train.objectives import Objective
 from testtime.transforms.views import CropFlipConfig, crop_flip
 
@@ -109,16 +109,16 @@ class LayerHeadTTT(Method):
     """Base of the layer-head methods; see the module docstring. Subclasses set the class attributes."""
 
     Config = LayerTTTConfig
-    HeadConfig: ClassVar[type]
+    HeadConfig: ClassVar[type]  # the source-time heads' settings (saved beside the weights)
+    Heads: ClassVar[type]  # the heads module: Heads(stage_dims, head_config)
     head_what: ClassVar[str] = "auxiliary heads"
+    requirements = Requirements(
+        adapts="encoder stem and stages 1..extract_layer (BN in train mode)", needs_aux_head=True, min_batch_size=1,
+    )
     default_order = "after"
     config: LayerTTTConfig
 
     # ----- what a subclass provides ---------------------------------------------------------
-    @classmethod
-    def build_heads(cls, stage_dims: tuple[int, ...], head_config: Any) -> nn.Module:
-        raise NotImplementedError
-
     @classmethod
     def example_head_config(cls) -> Any:
         """A light head for the contract tests (the paper's head stays in ``HeadConfig``)."""
@@ -135,7 +135,7 @@ class LayerHeadTTT(Method):
                 f"method {cls.name!r} puts its heads on intermediate layers: it needs a testtime CIFAR ResNet "
                 f"(testtime.models.create_model), got {type(base).__name__}"
             )
-        heads = cls.build_heads(tuple(encoder.stage_dims), head_config)
+        heads = cls.Heads(tuple(encoder.stage_dims), head_config)
         return LayerHeadModel(encoder, base.fc, heads, method=cls.name, head_config=head_config)
 
     @classmethod

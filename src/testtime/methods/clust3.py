@@ -44,7 +44,7 @@ from torch import nn
 
 from testtime.losses.information_maximization import information_maximization
 from testtime.methods._layer_heads import LayerHeadTTT, LayerTTTConfig
-from testtime.methods.base import Requirements, register_method
+from testtime.methods.base import register_method
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,7 @@ class ClusT3(LayerHeadTTT):
     Config = LayerTTTConfig
     HeadConfig = ClusT3HeadConfig
     head_what = "clustering projectors"
-    requirements = Requirements(
-        adapts="encoder stem and stages 1..extract_layer (BN in train mode)", needs_aux_head=True, min_batch_size=1,
-    )
-
-    @classmethod
-    def build_heads(cls, stage_dims: tuple[int, ...], head_config: ClusT3HeadConfig) -> nn.Module:
-        return ClusterProjectors(stage_dims, head_config)
+    Heads = ClusterProjectors
 
     @classmethod
     def example_head_config(cls) -> ClusT3HeadConfig:

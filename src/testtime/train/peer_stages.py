@@ -31,7 +31,7 @@ from torch import nn
 from testtime.train.checkpoint import load_modules, read_meta
 from testtime.train.trainer import fit
 
-PEER_STAGES = ("clust3",)
+PEER_STAGES = ("clust3", "nc-ttt")
 _MODULES = ("encoder", "fc", "heads")
 KIND = "layer-head-model"
 
