@@ -8,7 +8,7 @@ severity as CTA's own evaluation), each built on the model its requirements call
   copy of the preset's **supervised** checkpoint, the very weights CTA's classifier h comes from;
 - ``ttt`` / ``ttt++`` need an auxiliary head trained at source time: their own checkpoints, trained
   by the same trainer on the same subset, schedule and seed (:mod:`testtime.train.ttt_stages`); so do
-  ``clust3`` and ``nc-ttt`` (:mod:`testtime.train.peer_stages`);
+  ``clust3``, ``nc-ttt`` and ``rec-ttt`` (:mod:`testtime.train.peer_stages`);
 - ``cta``, ``cta-c`` and ``y-model`` are evaluated by :func:`testtime.train.pipeline.evaluate_pipeline`
   (they need the alignment / probe / joint stages).
 

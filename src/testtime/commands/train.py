@@ -105,7 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "stage",
         choices=STAGES + AUX_STAGES + PEER_STAGES,
-        help="supervised | ssl | align | probe | joint | ttt | ttt++ | clust3 | nc-ttt (baselines' joint training)",
+        help="supervised | ssl | align | probe | joint | ttt | ttt++ | clust3 | nc-ttt | rec-ttt "
+        "(the baselines' source training)",
     )
     _common(p)
     p.set_defaults(func=run_train)

@@ -55,6 +55,10 @@ class LayerHeadModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.encoder(x))
 
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        """The modules a checkpoint of this model holds, by name."""
+        return {"encoder": self.encoder, "fc": self.fc, "heads": self.heads}
+
     def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The feature map after every stage, [(B, C_i, H_i, W_i)]."""
         return self.encoder.stage_outputs(x)
@@ -73,7 +77,7 @@ class LayerHeadObjective(Objective):
     name = "layer-heads-joint"
 
     def __init__(self, model: LayerHeadModel, *, weight: float = 1.0, augment: CropFlipConfig | None = None) -> None:
-        super().__init__({"encoder": model.encoder, "fc": model.fc, "heads": model.heads}, ("encoder", "fc", "heads"))
+        super().__init__(model.checkpoint_modules(), ("encoder", "fc", "heads"))
         self.model = model
         self.weight = weight
         self.augment = augment if augment is not None else CropFlipConfig()

@@ -1,14 +1,18 @@
-"""Source-time training of the CTA paper's peers with layer heads (``clust3``, ``nc-ttt``) by the one trainer.
+"""Source-time training of the CTA paper's peers (``clust3``, ``nc-ttt``, ``rec-ttt``) by the one trainer.
 
-Each is a joint training from scratch of the classifier and the method's auxiliary heads on a
+``clust3`` and ``nc-ttt`` train from scratch the classifier and the method's auxiliary heads on a
 shared testtime ResNet (:class:`testtime.methods._layer_heads.LayerHeadObjective`: CE + weight *
-the heads' source loss), run by :func:`testtime.train.fit` with the pipeline's ``supervised``
-:class:`TrainConfig`, on the same seeded training subset, so each peer gets the same data, epochs,
-schedule, checkpoints and resume as the supervised model of the same preset. The heads' settings
+the heads' source loss); ``rec-ttt`` starts its two encoders, its frozen teacher and its two
+classifiers from the preset's ``supervised`` checkpoint (trained first when missing: the official
+code starts all three encoders from one pretrained model) and trains them with the decoder
+(:class:`testtime.methods.rec_ttt.ReCTTTObjective`). Each stage is run by :func:`testtime.train.fit`
+with the pipeline's ``supervised`` :class:`TrainConfig`, on the same seeded training subset, so each
+peer gets the same data, epochs, schedule, checkpoints and resume as the supervised model of the
+same preset. The heads' settings
 are the method's ``HeadConfig`` (paper defaults), written to the sidecar as ``stage_config``: a
 checkpoint trained with other heads is not silently reused.
 
-Files: ``<run_dir>/<method>.safetensors/.json`` (modules ``encoder``, ``fc``, ``heads``).
+Files: ``<run_dir>/<method>.safetensors/.json`` (the model's ``checkpoint_modules()``).
 :func:`load_peer_model` rebuilds the model from the sidecar and fails, naming the method and the
 command that trains it, when the checkpoint holds no such heads.
 
@@ -21,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,7 @@ from torch import nn
 from testtime.train.checkpoint import load_modules, read_meta
 from testtime.train.trainer import fit
 
-PEER_STAGES = ("clust3", "nc-ttt")
-_MODULES = ("encoder", "fc", "heads")
+PEER_STAGES = ("clust3", "nc-ttt", "rec-ttt")
 KIND = "layer-head-model"
 
 
@@ -72,13 +76,13 @@ def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "
     head = config_from_dict(cls.HeadConfig, meta["stage_config"])
     model = build_peer_model(stage, meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], norm=meta["norm"],
                              head_config=head)
-    load_modules(path, {n: getattr(model, n) for n in _MODULES})
+    load_modules(path, model.checkpoint_modules())
     return model.to(device).eval()
 
 
 def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
                      log: Any = print) -> nn.Module:
-    """Train (or load, when its checkpoint exists) the source model of ``stage`` ("clust3" | "nc-ttt").
+    """Train (or load, when its checkpoint exists) the source model of ``stage`` (one of ``PEER_STAGES``).
 
     ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device and the
     ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
@@ -92,9 +96,16 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = getattr(data, "train", data)
-    torch.manual_seed(cfg.seed)
-    model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels, norm=cfg.model.norm,
-                             head_config=head_config)
+    if getattr(cls, "init_from_supervised", False):  # ReC-TTT: encoders and teacher start from a trained model
+        from testtime.train.pipeline import run_stages
+
+        sup = run_stages(cfg, run_dir, data, stages=("supervised",), log=log).supervised
+        torch.manual_seed(cfg.seed)
+        model = cls.source_model(copy.deepcopy(sup), head_config)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels,
+                                 norm=cfg.model.norm, head_config=head_config)
     meta = {
         "kind": KIND,
         "method": stage,
