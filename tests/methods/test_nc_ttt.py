@@ -169,3 +169,18 @@ def test_source_stage_trains_saves_reloads(tmp_path, toy_split):
         load_peer_model(tmp_path / "nc-ttt", "clust3")
     out = create_method("nc-ttt", again, steps=1)(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_preset_changes_the_heads_and_bad_keys_fail_before_work(tmp_path):
+    from testtime.commands.train import load_config
+    from testtime.train.peer_stages import peer_head_config
+
+    cfg = load_config(None, None, ["peer_heads.nc-ttt.embed_dim=64"])
+    assert peer_head_config(cfg, "nc-ttt") == NCTTTHeadConfig(embed_dim=64)
+    assert peer_head_config(cfg, "clust3").projectors == 15  # the others keep the paper's heads
+    with pytest.raises(ValueError, match=r"unknown key\(s\) peer_heads.nc-ttt.embed; valid: layer, embed_dim"):
+        peer_head_config(load_config(None, None, ["peer_heads.nc-ttt.embed=64"]), "nc-ttt")
+    bad = load_config(None, None, ["peer_heads.ncttt.embed_dim=64"])
+    with pytest.raises(ValueError, match="peer_heads: unknown method.*'ncttt'.*valid: clust3, nc-ttt, rec-ttt"):
+        train_peer_stage(bad, tmp_path / "r", None, "nc-ttt", log=None)
+    assert not (tmp_path / "r").exists()

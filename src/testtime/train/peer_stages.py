@@ -8,9 +8,10 @@ code starts all three encoders from one pretrained model) and trains them with t
 (:class:`testtime.methods.rec_ttt.ReCTTTObjective`). Each stage is run by :func:`testtime.train.fit`
 with the pipeline's ``supervised`` :class:`TrainConfig`, on the same seeded training subset, so each
 peer gets the same data, epochs, schedule, checkpoints and resume as the supervised model of the
-same preset. The heads' settings
-are the method's ``HeadConfig`` (paper defaults), written to the sidecar as ``stage_config``: a
-checkpoint trained with other heads is not silently reused.
+same preset. The heads' settings are the method's ``HeadConfig`` (paper defaults; a preset or
+``--set peer_heads.<method>.<field>=...`` changes fields, e.g. NC-TTT's 1536 projector channels on a
+CPU), written to the sidecar as ``stage_config``: a checkpoint trained with other heads is not
+silently reused.
 
 Files: ``<run_dir>/<method>.safetensors/.json`` (the model's ``checkpoint_modules()``).
 :func:`load_peer_model` rebuilds the model from the sidecar and fails, naming the method and the
@@ -80,6 +81,21 @@ def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "
     return model.to(device).eval()
 
 
+def peer_head_config(cfg: Any, stage: str) -> Any:
+    """``stage``'s HeadConfig: the paper's defaults with the preset's ``peer_heads[stage]`` fields.
+
+    Unknown methods or fields fail with the valid ones, before any work.
+    """
+    from testtime.train.pipeline import config_from_dict
+
+    cls = _method(stage)
+    heads = getattr(cfg, "peer_heads", {}) or {}
+    bad = sorted(set(heads) - set(PEER_STAGES))
+    if bad:
+        raise ValueError(f"peer_heads: unknown method(s) {bad}; valid: {', '.join(PEER_STAGES)}")
+    return config_from_dict(cls.HeadConfig, dict(heads.get(stage) or {}), f"peer_heads.{stage}")
+
+
 def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
                      log: Any = print) -> nn.Module:
     """Train (or load, when its checkpoint exists) the source model of ``stage`` (one of ``PEER_STAGES``).
@@ -90,7 +106,8 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
     from testtime.train.pipeline import _train_cfg
 
     cls = _method(stage)
-    head_config = head_config if head_config is not None else cls.HeadConfig()
+    if head_config is None:
+        head_config = peer_head_config(cfg, stage)
     if getattr(cfg, "threads", None):
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
