@@ -174,3 +174,15 @@ def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
     assert "clust3:" in capsys.readouterr().out
     model = load_peer_model(tmp_path / "clust3", "clust3")
     assert model.head_config == ClusT3HeadConfig()  # the paper's heads
+
+
+def test_bench_grid_builds_clust3_on_its_own_source_model(tmp_path, toy_split):
+    """`testtime bench --methods clust3` gets the clust3 checkpoint (trained on demand), not the supervised one."""
+    from testtime.bench.grid import _model_for
+    from testtime.methods._layer_heads import LayerHeadModel
+
+    cfg = config_from_dict(PipelineConfig, {"supervised": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+                                            "peer_heads": {"clust3": {"projectors": 1}}})
+    model = _model_for("clust3", cfg, tmp_path, toy_split(), supervised=None, log=None)
+    assert isinstance(model, LayerHeadModel) and model.head_config == ClusT3HeadConfig(projectors=1)
+    assert (tmp_path / "clust3.safetensors").is_file()
