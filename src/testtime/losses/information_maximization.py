@@ -16,7 +16,9 @@ The official code (dosowiechi/ClusT3, ``utils.Entropy`` + ``KLDivLoss(reduction=
 writes the marginal term as ``KL(u_K || softmax(mean of the logits)) / K``: the softmax of the
 averaged logits instead of the averaged softmax, the reverse KL direction, and a division by K
 (``batchmean`` on a 1-D input). Both terms push toward balanced clusters; this module uses the
-averaged softmax of the information-maximisation objective the paper states.
+mean of the per-sample softmax, i.e. the mutual information itself (the information-maximisation
+objective of Krause et al. 2010 that ClusT3 names; the paper's own equation was not available here
+to check its exact form).
 
 Example::
 

@@ -24,7 +24,8 @@ the argparse default is ``--multi 5``). Differences, on purpose:
   axes get mixed, so the "assignments" it normalises are not per-position distributions over the K
   clusters. Here ``(B, K, H, W)`` is permuted to ``(B, H, W, K)`` and reshaped to ``(B*H*W, K)``: one
   distribution over the clusters per position of every image (:func:`cluster_assignments`).
-- The marginal term uses the averaged softmax (see the loss module for the official variant).
+- The marginal term is the mean of the per-position softmax, so the loss is ``-I(X; Z) + log K``
+  (the official code's variant is described in the loss module).
 - Source training uses the project's one trainer (Adam, cosine schedule) instead of SGD 0.1 over
   350 epochs; the ``testtime train clust3`` stage gets the same data and schedule as ``supervised``.
 
