@@ -136,3 +136,19 @@ def colour_batch() -> Callable[..., torch.Tensor]:
         return torch.rand(n, 3, 8, 8, generator=g) * noise + torch.rand(n, 3, 1, 1, generator=g) * cast
 
     return batch
+
+
+@pytest.fixture
+def toy_split():
+    """``split(n=48, seed=0)``: a seeded labelled source split of random uint8 images (n, 32, 32, 3), 3 classes,
+    for the source-stage tests of methods with heads trained at source time (clust3, nc-ttt)."""
+    import numpy as np
+
+    from testtime.data.split import ImageSplit
+
+    def split(n: int = 48, seed: int = 0) -> ImageSplit:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        return ImageSplit(images, rng.integers(0, 3, n).astype(np.int64), ("a", "b", "c"), "toy")
+
+    return split

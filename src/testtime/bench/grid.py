@@ -7,7 +7,8 @@ severity as CTA's own evaluation), each built on the model its requirements call
 - plain TTA methods (``source``, ``bn``, ``tent``, ``eata``, ``sar``, ``memo``, ``cotta``) adapt a
   copy of the preset's **supervised** checkpoint, the very weights CTA's classifier h comes from;
 - ``ttt`` / ``ttt++`` need an auxiliary head trained at source time: their own checkpoints, trained
-  by the same trainer on the same subset, schedule and seed (:mod:`testtime.train.ttt_stages`);
+  by the same trainer on the same subset, schedule and seed (:mod:`testtime.train.ttt_stages`); so do
+  ``clust3``, ``nc-ttt`` and ``rec-ttt`` (:mod:`testtime.train.peer_stages`);
 - ``cta``, ``cta-c`` and ``y-model`` are evaluated by :func:`testtime.train.pipeline.evaluate_pipeline`
   (they need the alignment / probe / joint stages).
 
@@ -111,4 +112,8 @@ def _model_for(name: str, cfg: Any, run_dir: Path, data: Any, supervised: nn.Mod
         from testtime.train.ttt_stages import train_aux_stage
 
         return train_aux_stage(cfg, run_dir, data, AUX_METHODS[name], log=log)
+    from testtime.train.peer_stages import PEER_STAGES, train_peer_stage
+
+    if name in PEER_STAGES:
+        return train_peer_stage(cfg, run_dir, data, name, log=log)
     return supervised

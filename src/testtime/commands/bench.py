@@ -6,8 +6,9 @@ Examples::
     testtime bench --preset cifar10-cpu --methods tent --protocol reset-per-domain --method-set tent.lr=1e-4
 
 The preset's supervised checkpoint in ``--run-dir`` (default ``runs/<preset>``) is loaded, or trained
-when missing (as ``testtime train supervised`` would); ``ttt`` / ``ttt++`` load or train their own
-source models. Results go to ``<run-dir>/bench-<protocol>.json`` and a markdown table is printed.
+when missing (as ``testtime train supervised`` would); ``ttt`` / ``ttt++`` / ``clust3`` / ``nc-ttt`` /
+``rec-ttt`` load or train their own source models. Results go to ``<run-dir>/bench-<protocol>.json``
+and a markdown table is printed.
 """
 
 from __future__ import annotations

@@ -99,12 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from testtime.train.peer_stages import PEER_STAGES
     from testtime.train.ttt_stages import AUX_STAGES
 
     p.add_argument(
         "stage",
-        choices=STAGES + AUX_STAGES,
-        help="supervised | ssl | align | probe | joint | ttt | ttt++ (baselines' joint training)",
+        choices=STAGES + AUX_STAGES + PEER_STAGES,
+        help="supervised | ssl | align | probe | joint | ttt | ttt++ | clust3 | nc-ttt | rec-ttt "
+        "(the baselines' source training)",
     )
     _common(p)
     p.set_defaults(func=run_train)
@@ -126,6 +128,7 @@ def _prepare(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from testtime.train.peer_stages import PEER_STAGES
     from testtime.train.pipeline import load_data, run_stages
 
     cfg, run_dir = _prepare(args)
@@ -136,6 +139,12 @@ def run_train(args: argparse.Namespace) -> int:
         from testtime.train.ttt_stages import train_aux_stage
 
         train_aux_stage(cfg, run_dir, data, args.stage, log=log)
+        print(f"{args.stage}: {run_dir / args.stage}")
+        return 0
+    if args.stage in PEER_STAGES:  # the CTA paper's peers with layer heads: same trainer, their heads
+        from testtime.train.peer_stages import train_peer_stage
+
+        train_peer_stage(cfg, run_dir, data, args.stage, log=log)
         print(f"{args.stage}: {run_dir / args.stage}")
         return 0
     models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)

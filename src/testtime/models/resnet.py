@@ -111,12 +111,23 @@ class Encoder(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layers = nn.Sequential(*stages)
         self.out_dim = cin
+        self.stage_dims = tuple(w * block.expansion for w in widths)  # C_i of each stage's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage_outputs(x)[-1]  # (B, D, h, w)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, D)
+
+    def stage_outputs(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Feature maps after each stage (``layer1``, ``layer2``, ... of the ResNet papers), the first
+        ``upto`` of them (all by default): a list of (B, C_i, H_i, W_i). Auxiliary heads on
+        intermediate layers (ClusT3, NC-TTT) read them."""
         x = self.normalize(x)
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layers(x)  # (B, D, h, w)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, D)
+        outs = []
+        for stage in list(self.layers)[: len(self.layers) if upto is None else upto]:
+            x = stage(x)
+            outs.append(x)
+        return outs
 
 
 class ResNet(nn.Module):

@@ -152,6 +152,9 @@ class PipelineConfig:
     joint: JointStageConfig = field(default_factory=JointStageConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # source-time heads of the CTA paper's peers, by method: fields of its HeadConfig that differ from
+    # the paper's, e.g. {"nc-ttt": {"embed_dim": 64}} (``--set peer_heads.nc-ttt.embed_dim=64``)
+    peer_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ssl.init not in ("supervised", "scratch"):

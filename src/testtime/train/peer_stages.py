@@ -1,0 +1,139 @@
+"""Source-time training of the CTA paper's peers (``clust3``, ``nc-ttt``, ``rec-ttt``) by the one trainer.
+
+``clust3`` and ``nc-ttt`` train from scratch the classifier and the method's auxiliary heads on a
+shared testtime ResNet (:class:`testtime.methods._layer_heads.LayerHeadObjective`: CE + weight *
+the heads' source loss); ``rec-ttt`` starts its two encoders, its frozen teacher and its two
+classifiers from the preset's ``supervised`` checkpoint (trained first when missing: the official
+code starts all three encoders from one pretrained model) and trains them with the decoder
+(:class:`testtime.methods.rec_ttt.ReCTTTObjective`). Each stage is run by :func:`testtime.train.fit`
+with the pipeline's ``supervised`` :class:`TrainConfig`, on the same seeded training subset, so each
+peer gets the same data, epochs, schedule, checkpoints and resume as the supervised model of the
+same preset. The heads' settings are the method's ``HeadConfig`` (paper defaults; a preset or
+``--set peer_heads.<method>.<field>=...`` changes fields, e.g. NC-TTT's 1536 projector channels on a
+CPU), written to the sidecar as ``stage_config``: a checkpoint trained with other heads is not
+silently reused.
+
+Files: ``<run_dir>/<method>.safetensors/.json`` (the model's ``checkpoint_modules()``).
+:func:`load_peer_model` rebuilds the model from the sidecar and fails, naming the method and the
+command that trains it, when the checkpoint holds no such heads.
+
+Example::
+
+    cfg = load_config("cifar10-cpu", None, [])            # testtime.commands.train
+    model = train_peer_stage(cfg, "runs/c10", load_data(cfg.data), "clust3")
+    method = create_method("clust3", model)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from testtime.train.checkpoint import load_modules, read_meta
+from testtime.train.trainer import fit
+
+PEER_STAGES = ("clust3", "nc-ttt", "rec-ttt")
+KIND = "layer-head-model"
+
+
+def _method(stage: str) -> Any:
+    from testtime.methods import METHODS
+
+    if stage not in PEER_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(PEER_STAGES)}, got {stage!r}")
+    return METHODS.get(stage)
+
+
+def build_peer_model(stage: str, arch: str, num_classes: int, *, in_chans: int = 3, norm: str = "batch",
+                     head_config: Any = None) -> nn.Module:
+    """A fresh testtime ResNet ``arch`` with ``stage``'s auxiliary heads (``head_config``: its HeadConfig)."""
+    from testtime.models import create_model
+
+    cls = _method(stage)
+    return cls.source_model(create_model(arch, num_classes, in_chans=in_chans, norm=norm), head_config)
+
+
+def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild and load the ``stage`` model saved by :func:`train_peer_stage` (sha256 checked).
+
+    Fails before loading any tensor when the checkpoint holds no ``stage`` heads (e.g. a supervised
+    or ``ttt`` checkpoint), naming the method and the command that trains it.
+    """
+    from testtime.train.pipeline import config_from_dict
+
+    cls = _method(stage)
+    meta = read_meta(path)["meta"]
+    if meta.get("kind") != KIND or meta.get("method") != stage:
+        held = meta.get("method") or meta.get("stage") or meta.get("kind") or "unknown"
+        raise ValueError(
+            f"method {stage!r} needs its source-time heads, but checkpoint {path} holds none "
+            f"(it was saved by {held!r}); train them with `testtime train {stage}`"
+        )
+    head = config_from_dict(cls.HeadConfig, meta["stage_config"])
+    model = build_peer_model(stage, meta["arch"], meta["num_classes"], in_chans=meta["in_chans"], norm=meta["norm"],
+                             head_config=head)
+    load_modules(path, model.checkpoint_modules())
+    return model.to(device).eval()
+
+
+def peer_head_config(cfg: Any, stage: str) -> Any:
+    """``stage``'s HeadConfig: the paper's defaults with the preset's ``peer_heads[stage]`` fields.
+
+    Unknown methods or fields fail with the valid ones, before any work.
+    """
+    from testtime.train.pipeline import config_from_dict
+
+    cls = _method(stage)
+    heads = getattr(cfg, "peer_heads", {}) or {}
+    bad = sorted(set(heads) - set(PEER_STAGES))
+    if bad:
+        raise ValueError(f"peer_heads: unknown method(s) {bad}; valid: {', '.join(PEER_STAGES)}")
+    return config_from_dict(cls.HeadConfig, dict(heads.get(stage) or {}), f"peer_heads.{stage}")
+
+
+def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
+                     log: Any = print) -> nn.Module:
+    """Train (or load, when its checkpoint exists) the source model of ``stage`` (one of ``PEER_STAGES``).
+
+    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device and the
+    ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
+    """
+    from testtime.train.pipeline import _train_cfg
+
+    cls = _method(stage)
+    if head_config is None:
+        head_config = peer_head_config(cfg, stage)
+    if getattr(cfg, "threads", None):
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = getattr(data, "train", data)
+    if getattr(cls, "init_from_supervised", False):  # ReC-TTT: encoders and teacher start from a trained model
+        from testtime.train.pipeline import run_stages
+
+        sup = run_stages(cfg, run_dir, data, stages=("supervised",), log=log).supervised
+        torch.manual_seed(cfg.seed)
+        model = cls.source_model(copy.deepcopy(sup), head_config)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels,
+                                 norm=cfg.model.norm, head_config=head_config)
+    meta = {
+        "kind": KIND,
+        "method": stage,
+        "arch": cfg.model.arch,
+        "norm": cfg.model.norm,
+        "num_classes": int(train.num_classes),
+        "in_chans": int(train.channels),
+        "image_size": list(train.image_size),
+        "stage_config": dataclasses.asdict(head_config),
+        "pipeline": cfg.name,
+        "seed": cfg.seed,
+    }
+    fit(cls.source_objective(model), train, _train_cfg(cfg, cfg.supervised), run_dir, stage, meta=meta, log=log)
+    return model.eval()
