@@ -11,7 +11,7 @@
 from testtime.layers.attention import LinearAttention, SoftmaxAttention
 from testtime.layers.forms import FORMS, InnerState, ttt_scan, ttt_sequential
 from testtime.layers.lm import MIXERS, Block, LMConfig, TinyLM, list_mixers
-from testtime.layers.ttt import TTTCache, TTTConfig, TTTLayer, TTTLinear, TTTMLP
+from testtime.layers.ttt import TTTMLP, TTTCache, TTTConfig, TTTLayer, TTTLinear
 
 __all__ = [
     "FORMS", "MIXERS", "Block", "InnerState", "LMConfig", "LinearAttention", "SoftmaxAttention", "TTTCache",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from testtime.layers.attention import LinearAttention, SoftmaxAttention
-from testtime.layers.ttt import TTTCache, TTTConfig, TTTLayer, TTTLinear, TTTMLP
+from testtime.layers.ttt import TTTMLP, TTTCache, TTTConfig, TTTLayer, TTTLinear
 from testtime.registry import Registry
 
 MIXERS: Registry = Registry("mixer")

@@ -64,7 +64,8 @@ class TTTConfig:
         if self.base_lr is not None and not self.base_lr > 0:
             raise ValueError(f"base_lr: must be positive, got {self.base_lr!r}")
         if self.position_scale not in POSITION_SCALES:
-            raise ValueError(f"position_scale: must be one of {', '.join(POSITION_SCALES)}, got {self.position_scale!r}")
+            valid = ", ".join(POSITION_SCALES)
+            raise ValueError(f"position_scale: must be one of {valid}, got {self.position_scale!r}")
         if self.form not in FORMS:
             raise ValueError(f"form: must be one of {', '.join(FORMS)}, got {self.form!r}")
 
