@@ -136,7 +136,7 @@ def ttt_sequential(q, k, v, eta, state, *, ln_weight, ln_bias, mini_batch_size, 
     outs = []
     for t in range(q.shape[2]):
         with torch.enable_grad():
-            at = [p if p.requires_grad else p.detach().requires_grad_(True) for p in start]
+            at = [p if outer and p.requires_grad else p.detach().requires_grad_(True) for p in start]
             loss = inner_loss(tuple(at), k[:, :, t:t + 1], v[:, :, t:t + 1], ln_weight, ln_bias)
             grads = torch.autograd.grad(loss, at, create_graph=outer)
         e = eta[:, :, t, None, None]  # (B, H, 1, 1)
