@@ -43,7 +43,7 @@ def test_forms_agree_on_outputs_and_parameter_gradients(cls, position_scale):
 
 
 @pytest.mark.parametrize("cls", [TTTLinear, TTTMLP])
-@pytest.mark.parametrize("form", ["sequential", "primal", "dual"])
+@pytest.mark.parametrize("form", ["sequential", "primal", "dual", None])
 def test_decoding_in_pieces_equals_one_call(cls, form):
     layer = _layer(cls, position_scale="learnable")
     x = torch.randn(2, 14, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -18,9 +18,10 @@ clamped at 0, as the official code does). Left out: the official RoPE on Q/K (ap
 positions taken modulo the mini-batch size), the Mamba-backbone options (shared Q/K with causal
 convolutions, gating, pre-convolution) and gradient checkpointing of the scan.
 
-Decoding: pass a :class:`TTTCache`; the layer continues from the cached inner weights (and the
-partial sum of the current mini-batch), so feeding a sequence in pieces of any size gives the same
-outputs as one call.
+Decoding: pass a :class:`TTTCache`; the layer continues from the cached inner weights W_{t0} and the
+partial gradient sum of the current mini-batch, so feeding a sequence in pieces of any size gives the
+same outputs as one call. Pieces shorter than a mini-batch use the primal form unless ``form`` says
+otherwise (the official code's choice; the dual form handles them too).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class TTTLayer(nn.Module):
     def forward(self, x: torch.Tensor, cache: TTTCache | None = None, form: str | None = None) -> torch.Tensor:
         cfg = self.config
         check_sequence(x, cfg.width)
-        form = cfg.form if form is None else form
+        if form is None:  # decoding a piece shorter than a mini-batch: the primal form, as the official code does
+            form = "primal" if cache is not None and x.shape[1] < cfg.mini_batch_size else cfg.form
         if form not in FORMS:
             raise ValueError(f"form: must be one of {', '.join(FORMS)}, got {form!r}")
         bsz, length, _ = x.shape
