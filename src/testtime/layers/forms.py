@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from testtime.layers.inner import Params, head_layer_norm, inner_apply, inner_loss, inner_token_grads, num_layers
+from testtime.layers.inner import Params, gelu, head_layer_norm, inner_apply, inner_loss, inner_token_grads, num_layers
 
 FORMS = ("sequential", "primal", "dual")
 
@@ -114,7 +114,7 @@ def _dual_chunk(q, k, v, eta, state, ln_weight, ln_bias, s):
         if state.grad_sum is not None:
             update = update + x_test @ state.grad_sum[2 * layer] + state.grad_sum[2 * layer + 1]
         z = x_test @ w + b - s * update
-        x_test = torch.nn.functional.gelu(z, approximate="tanh") if layer < n_layers - 1 else z
+        x_test = gelu(z) if layer < n_layers - 1 else z
         eg = eta.unsqueeze(-1) * g
         sum_w, sum_b = x.transpose(-1, -2) @ eg, eg.sum(2, keepdim=True)
         if state.grad_sum is not None:

@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,10 @@ DEFAULT_CORPUS = "/usr/share/common-licenses"
 
 @dataclass(frozen=True)
 class TrainLMConfig:
-    """Settings of the small task (defaults: the run in docs/ttt-layers.md)."""
+    """Settings of the small task (defaults: the run in docs/ttt-layers.md).
+
+    ttt_options: extra TTTConfig fields for the TTT mixers (e.g. ``{"position_scale": "learnable"}``).
+    """
 
     mixers: tuple[str, ...] = ("ttt-linear", "ttt-mlp", "linear-attention", "softmax-attention")
     corpus: str = DEFAULT_CORPUS
@@ -44,7 +48,7 @@ class TrainLMConfig:
     eval_every: int = 25
     eval_batches: int = 8
     seed: int = 0
-    ttt_options: dict = field(default_factory=dict)
+    ttt_options: dict[str, Any] = field(default_factory=dict)
 
 
 def load_corpus(path: str | os.PathLike) -> torch.Tensor:
