@@ -107,3 +107,30 @@ def test_parse_shard():
     for bad in ("4/4", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(ValueError, match="shard"):
             parse_shard(bad)
+
+
+def test_cost_filled_when_the_cell_does_not_measure_it():
+    store = ResultStore.memory()
+    run_grid(grid()[:2], lambda c: {"accuracy": 50.0, "n_images": 100}, store, progress=False)
+    row = store.cells()[0]
+    assert row["wall_s"] > 0 and row["images_per_s"] == pytest.approx(100 / row["wall_s"])
+    run_grid(grid()[2:3], lambda c: {"accuracy": 1.0, "wall_s": 4.0, "n_images": 8, "forward_per_image": 21.0,
+                                     "backward_per_image": 20.0}, store, progress=False)
+    row = store.cells()[2]
+    assert (row["wall_s"], row["images_per_s"], row["forward_per_image"], row["backward_per_image"]) == (4, 2, 21, 20)
+
+
+@pytest.mark.gpu
+def test_peak_memory_measured_on_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+    def cell_on_gpu(c):
+        x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB held during the cell
+        del x
+        return {"accuracy": 1.0}
+
+    store = ResultStore.memory()
+    run_grid(grid()[:1], cell_on_gpu, store, progress=False)
+    assert store.cells()[0]["peak_mem_mb"] >= 64

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,8 +88,9 @@ def run_grid(
     ``severity``, ``seed``, ``protocol``, ``backbone``, optional ``label``, ``dataset``, ``hparams``,
     ``config``). ``evaluate_cell(cell)`` returns ``accuracy`` (%) and optionally ``n_images``, the
     cost fields (``wall_s``, ``images_per_s``, ``peak_mem_mb``, ``forward_per_image``,
-    ``backward_per_image``; ``wall_s`` is measured here when missing, ``images_per_s`` derived from
-    ``n_images``) and ``curve`` (accuracy after
+    ``backward_per_image``; when missing, ``wall_s`` is measured here, ``images_per_s`` derived from
+    ``n_images`` and, on CUDA, ``peak_mem_mb`` read from ``torch.cuda.max_memory_allocated`` over
+    the cell; passes per image only the caller can count) and ``curve`` (accuracy after
     0..K iterations, stored in the curves table). ``log_path`` defaults to ``grid.log`` beside the
     store. All cells are checked (fields, duplicate keys) before any is evaluated.
     """
@@ -125,11 +127,14 @@ def run_grid(
             bar.set_postfix_str(desc)
             say(f"cell {pos}/{len(todo)} (#{idx}) start: {desc}")
             t0 = time.perf_counter()
+            cuda = _reset_cuda_peak()
             try:
                 result = dict(evaluate_cell(cell))
             except BaseException as exc:
                 say(f"cell #{idx} FAILED after {time.perf_counter() - t0:.1f}s: {type(exc).__name__}: {exc}")
                 raise
+            if cuda is not None and result.get("peak_mem_mb") is None:
+                result["peak_mem_mb"] = cuda.max_memory_allocated() / 2**20
             _store_result(store, cell, result, time.perf_counter() - t0)
             ran += 1
             bar.update(1)
@@ -138,6 +143,15 @@ def run_grid(
         bar.close()
     say(f"finished: ran {ran}, {len(mine) - len(todo)} were stored already")
     return GridSummary(total=len(cells), in_shard=len(mine), skipped=len(mine) - len(todo), ran=ran)
+
+
+def _reset_cuda_peak():
+    """``torch.cuda`` with its peak-memory counter reset, when torch is in use and CUDA is there; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda
 
 
 def _store_result(store: ResultStore, cell: Mapping[str, Any], result: dict[str, Any], wall_s: float) -> None:
