@@ -87,3 +87,15 @@ def test_severity_series_follows_a_setting_across_tables():
     assert series["source"] == {5: [35.0, 37.0]}
     # cta's severity-3 column lacks fog (no mean), so cta has one series and needs no hyperparameters in its name
     assert series["cta"] == {5: [55.0, 59.0]} and len(series) == 4
+
+
+def test_seed_missing_a_corruption_is_left_out_of_the_mean():
+    from report_fixtures import cell
+
+    store = hand_store()
+    store.put(cell("source", "source", {}, "fog", 2, 90.0))  # seed 2 has fog but no gaussian_noise
+    t5 = build_tables(store)[0]
+    rows = md_rows(to_markdown(t5))
+    assert rows["fog"][0] == "64.00 ± 22.54"  # (50, 52, 90)
+    assert rows["Mean"][0] == "36.00 ± 1.41"  # seeds 0 and 1 only
+    assert "Note: source: seed(s) 2 lack some corruptions (left out of Mean)" in to_markdown(t5)

@@ -134,3 +134,30 @@ def test_peak_memory_measured_on_cuda():
     store = ResultStore.memory()
     run_grid(grid()[:1], cell_on_gpu, store, progress=False)
     assert store.cells()[0]["peak_mem_mb"] >= 64
+
+
+def test_concurrent_shards_create_and_fill_one_store(tmp_path):
+    """Independent jobs started together: each creates/opens the same file and writes its shard."""
+    import threading
+
+    cells = grid()
+    ref = ResultStore.memory()
+    run_grid(cells, evaluate, ref, progress=False)
+    errors = []
+
+    def job(i, n):
+        try:
+            with ResultStore.open(tmp_path / "run", create=True) as store:
+                run_grid(cells, evaluate, store, shard=(i, n), progress=False)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(i, 3)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with ResultStore.open(tmp_path / "run") as store:
+        assert snapshot(store) == snapshot(ref)
+    assert (tmp_path / "run" / "grid.log").read_text().count("finished") == 3

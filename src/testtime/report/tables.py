@@ -148,6 +148,12 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
             missing = [c for c in t.corruptions if (ci, c) not in t.acc]
             if missing:
                 t.notes.append(f"{t.columns[ci].header}: no result for {', '.join(missing)} (Mean left out)")
+                continue
+            partial = [s for s in t.seeds if any(s not in t.acc[(ci, c)] for c in t.corruptions)
+                       and any(s in t.acc[(ci, c)] for c in t.corruptions)]
+            if partial:
+                t.notes.append(f"{t.columns[ci].header}: seed(s) {', '.join(map(str, partial))} lack some corruptions "
+                               "(left out of Mean)")
         if reference and t.reference_index() is None:
             t.notes.append(f"reference column {reference!r} is not in this table: no Δ row")
         tables.append(t)

@@ -60,8 +60,8 @@ _IDENTITY_SQL = """
     created_utc TEXT NOT NULL"""
 
 _SCHEMA = f"""
-CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE cells ({_IDENTITY_SQL},
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells ({_IDENTITY_SQL},
     accuracy REAL NOT NULL,
     n_images INTEGER,
     wall_s REAL,
@@ -70,7 +70,7 @@ CREATE TABLE cells ({_IDENTITY_SQL},
     forward_per_image REAL,
     backward_per_image REAL
 );
-CREATE TABLE curves ({_IDENTITY_SQL},
+CREATE TABLE IF NOT EXISTS curves ({_IDENTITY_SQL},
     accuracies TEXT NOT NULL
 );
 """
@@ -159,7 +159,7 @@ class ResultStore:
         and is left untouched.
         """
         path = store_path(path)
-        if path.exists():
+        if path.exists() and not (create and path.stat().st_size == 0):  # 0 bytes: another job is creating it
             check_version(path)
             conn = sqlite3.connect(path, timeout=60.0)
             return cls(conn, path)
@@ -168,6 +168,7 @@ class ResultStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=60.0)
         _create(conn)
+        check_version(path)
         return cls(conn, path)
 
     @classmethod
@@ -323,8 +324,9 @@ def _create(conn: sqlite3.Connection) -> None:
 
     meta = {"schema_version": str(SCHEMA_VERSION), "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "testtime": __version__}
-    inserts = "".join(f"INSERT INTO meta (name, value) VALUES ('{k}', '{v}');" for k, v in meta.items())
-    conn.executescript("BEGIN;" + _SCHEMA + inserts + "COMMIT;")  # schema and version: one transaction
+    inserts = "".join(f"INSERT OR IGNORE INTO meta (name, value) VALUES ('{k}', '{v}');" for k, v in meta.items())
+    # schema and version in one transaction; IF NOT EXISTS / OR IGNORE: shards may create the store at once
+    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + inserts + "COMMIT;")
 
 
 def check_version(path: Path) -> int:
