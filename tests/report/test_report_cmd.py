@@ -84,6 +84,9 @@ def test_report_bad_input(tmp_path, capsys):
     (bad / "results.json").write_text(json.dumps({"rows": {}}))
     assert main(["report", str(bad)]) == 2
     assert "no 'config'" in capsys.readouterr().err
+    (bad / "results.json").write_text(json.dumps({"config": {}, "clean": {}}))  # started, nothing measured yet
+    assert main(["report", str(bad)]) == 2
+    assert "the results hold no cells" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("ref", ["", "  "])
@@ -91,3 +94,48 @@ def test_report_empty_ref(tmp_path, ref, capsys):
     run = run_dir_with_store(tmp_path)
     assert main(["report", str(run), "--ref", ref, "--no-plots"]) == 2
     assert "--ref" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_of_real_pipeline_and_bench_output(tmp_path):
+    """The JSON that evaluate_pipeline and run_methods really write (tiny toy run), imported and reported."""
+    import numpy as np
+
+    from testtime.bench.grid import run_methods
+    from testtime.data import ImageSplit
+    from testtime.train.pipeline import (
+        PipelineConfig,
+        PipelineData,
+        config_from_dict,
+        config_to_dict,
+        evaluate_pipeline,
+        run_stages,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64, dtype=np.int64) % 2
+    imgs = (rng.integers(0, 60, (64, 16, 16, 3)) + labels[:, None, None, None] * 150).astype(np.uint8)
+    split = ImageSplit(imgs, labels, ("dark", "light"), "toy")
+    tiny = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "log_every": 100}
+    cfg = config_from_dict(PipelineConfig, {
+        "supervised": tiny, "ssl": {"train": tiny}, "align": {"train": tiny}, "probe": {"train": tiny},
+        "joint": {"train": tiny}, "ttt": {"batch_size": 16, "steps": 2, "max_steps": 3, "lr_candidates": [1e-4, 1e-3]},
+        "eval": {"corruptions": ["gaussian_noise", "fog"], "heldout": ["spatter"], "params": "cifar",
+                 "rows": ["supervised+bn", "cta"]},
+    })
+    data = PipelineData(split, split, split)
+    run = tmp_path / "run"
+    results = evaluate_pipeline(cfg, run_stages(cfg, run, data, log=None), data, run, log=None)
+    bench = run_methods(cfg, run, data, ["tent"], log=None)
+    bench.update(config=config_to_dict(cfg), seed=cfg.seed)
+    (run / "bench-episodic.json").write_text(json.dumps(bench, default=str))
+
+    assert main(["report", str(run), "--quiet"]) == 0
+    md = (run / "report" / "report.md").read_text()
+    assert "| corruption | supervised+bn | cta | tent |" in md
+    cta = results["rows"]["cta"]
+    acc = [cta["accuracy"][c] for c in ("gaussian_noise", "fog")]
+    assert f"| gaussian_noise | {results['rows']['supervised+bn']['accuracy']['gaussian_noise']:.2f}" in md
+    assert f"{np.mean(acc):.2f}" in md.split("| Mean |")[1].split("\n")[0]
+    assert "- protocol: protocol=episodic, reset=batch, batch_size=16, shuffle=True, seed=0" in md
+    assert (run / "report" / "iterations-0.png").is_file()

@@ -167,6 +167,8 @@ def test_import_rejects_other_json(tmp_path):
     p.write_text(json.dumps({"rows": {}}))
     with pytest.raises(ValueError, match="no 'config'"):
         import_results_json(p, ResultStore.memory())
+    p.write_text(json.dumps({"config": {"seed": 0}, "clean": {"supervised": 90.0}}))  # a run in progress
+    assert import_results_json(p, ResultStore.memory()) == 0
     p.write_text("{")
     with pytest.raises(ValueError, match="cannot read JSON"):
         import_results_json(p, ResultStore.memory())

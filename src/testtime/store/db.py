@@ -294,6 +294,8 @@ class ResultStore:
         """The distinct values of an identity column, in order of first insertion."""
         if column not in IDENTITY:
             raise ValueError(f"column must be one of {list(IDENTITY)}, got {column!r}")
+        if table not in ("cells", "curves"):
+            raise ValueError(f"table must be 'cells' or 'curves', got {table!r}")
         q = f"SELECT {column} FROM {table} GROUP BY {column} ORDER BY MIN(rowid)"
         return [r[0] for r in self.conn.execute(q)]
 
