@@ -75,6 +75,8 @@ def test_csv_and_latex():
     tex = to_latex(t5)
     assert r"Gaussian Noise & 21.00 $\pm$ 1.41 & 32.00 $\pm$ 2.83 & \textbf{42.00 $\pm$ 2.83} \\" in tex
     assert r"$\Delta$(cta $-$ other) & +21.00 & +11.00 & --- \\" in tex
+    tent = build_tables(hand_store(), reference="tent")[0]
+    assert r"$\Delta$(tent $-$ other) & +10.00 & --- & $-$11.00 \\" in to_latex(tent)
     assert r"\toprule" in tex and "batch\\_size=4" in tex
 
 

@@ -271,6 +271,13 @@ def _tex(s: str) -> str:
     return re.sub("|".join(re.escape(k) for k in _TEX), lambda m: _TEX[m.group(0)], s)
 
 
+def _tex_name(name: str) -> str:
+    """``jpeg_compression`` -> ``JPEG Compression``; ``Mean`` -> ``Average`` (the paper's words)."""
+    if name == "Mean":
+        return "Average"
+    return name.replace("_", " ").title().replace("Jpeg", "JPEG")
+
+
 def to_latex(t: Table) -> str:
     """A booktabs ``table`` with the settings in the caption (needs ``\\usepackage{booktabs}``)."""
     cols = len(t.columns)
@@ -282,10 +289,10 @@ def to_latex(t: Table) -> str:
             lines.append(r"\midrule")
         best = _best(means)
         cells = [rf"\textbf{{{_tex(x)}}}" if i in best else _tex(x) for i, x in enumerate(cells)]
-        lines.append(_tex(name.replace("_", " ").title() if name != "Mean" else "Average") + " & "
+        lines.append(_tex(_tex_name(name)) + " & "
                      + " & ".join(cells) + r" \\")
     if t.reference_index() is not None:
-        deltas = [_tex(fmt_delta(t.delta(i))) for i in range(cols)]
+        deltas = [_tex(fmt_delta(t.delta(i)).replace("-", "−", 1)) for i in range(cols)]  # a minus sign
         lines.append(rf"$\Delta$({_tex(t.reference or '')} $-$ other) & " + " & ".join(deltas) + r" \\")
     hp = "; ".join(f"{_tex(c.header)}: {_tex(hparams_text(c.hparams))}" for c in t.columns)
     caption = (f"Accuracy (\\%) on {_tex(t.dataset)}, severity {t.severity}, {_tex(t.backbone)}. "
