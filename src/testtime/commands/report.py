@@ -1,0 +1,47 @@
+"""``testtime report``: tables (Markdown, CSV, LaTeX) and plots of a run directory's results.
+
+Examples::
+
+    testtime report runs/cifar10-cpu                      # writes runs/cifar10-cpu/report/
+    testtime report runs/cifar10-cpu --latex --ref cta    # also table<i>.tex; Δ row against cta
+    testtime report runs/cifar10-cpu --no-plots --out /tmp/report
+
+Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
+of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
+not changed). Tables: corruptions as rows, methods as columns, a Mean row, a "Δ (ours − other)" row
+against ``--ref``, mean ± std over seeds; the protocol, backbone and hyperparameters above each.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from testtime.cli import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="tables and plots of a run directory's results",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (results.sqlite, results.json, bench-*.json)")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--ref", default="cta", help="reference column of the Δ (ours − other) row (default: cta)")
+    p.add_argument("--latex", action="store_true", help="also write LaTeX tables (booktabs)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    p.add_argument("--quiet", action="store_true", help="do not print the tables")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from testtime.report import load_run, write_report
+
+    if not args.ref.strip():
+        raise UserError("--ref: give a column name, e.g. cta")
+    run_dir = Path(args.run_dir)
+    with load_run(run_dir) as store:
+        files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
+                             latex=args.latex, plots=not args.no_plots, title=f"Results of {run_dir}")
+    if not args.quiet:
+        print(files[0].read_text())
+    print(f"wrote {len(files)} files to {files[0].parent} (report: {files[0]})")
+    return 0

@@ -1,0 +1,355 @@
+"""The results store: one SQLite file per run directory (``<run_dir>/results.sqlite``).
+
+A **cell** is one measured point of an experiment grid: one method (with its hyperparameters) on
+one corruption at one severity, with one seed, under one protocol, on one dataset and backbone.
+Its key is the sha256 of the canonical JSON (sorted keys, no spaces) of its full resolved config,
+so the same experiment always has the same key and a grid can be resumed by skipping stored keys.
+
+Tables (schema version :data:`SCHEMA_VERSION`; documented in ``docs/benchmark.md``):
+
+- ``meta(name, value)``: ``schema_version``, ``created_utc``, ``testtime`` (version that created it);
+- ``cells``: identity columns (``method``, ``label``, ``corruption``, ``severity``, ``seed``,
+  ``protocol``, ``backbone``, ``dataset``, ``hparams`` JSON, ``config`` JSON), the result
+  (``accuracy`` in %, ``n_images``) and the cost (``wall_s``, ``images_per_s``, ``peak_mem_mb``,
+  ``forward_per_image``, ``backward_per_image``; NULL when not measured);
+- ``curves``: the same identity columns and ``accuracies``, a JSON list of accuracy (%) after
+  0, 1, ... test-time iterations (the CTA paper's Fig. 3).
+
+Every write is one transaction, so a killed process never leaves a half-written row. A store
+written by another schema version is refused with :class:`StoreVersionError` and never modified.
+
+Example::
+
+    store = ResultStore.open("runs/x/results.sqlite", create=True)
+    row = {"method": "tent", "corruption": "fog", "severity": 5, "seed": 0, "protocol": "episodic",
+           "backbone": "resnet8", "hparams": {"lr": 1e-3}, "accuracy": 61.2}
+    store.put(row)
+    assert store.has(cell_key(row))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STORE_NAME = "results.sqlite"
+
+IDENTITY = ("method", "label", "corruption", "severity", "seed", "protocol", "backbone", "dataset", "hparams")
+COST = ("wall_s", "images_per_s", "peak_mem_mb", "forward_per_image", "backward_per_image")
+REQUIRED = ("method", "corruption", "severity", "seed", "protocol", "backbone")
+
+_IDENTITY_SQL = """
+    key TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    label TEXT NOT NULL,
+    corruption TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    hparams TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_utc TEXT NOT NULL"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells ({_IDENTITY_SQL},
+    accuracy REAL NOT NULL,
+    n_images INTEGER,
+    wall_s REAL,
+    images_per_s REAL,
+    peak_mem_mb REAL,
+    forward_per_image REAL,
+    backward_per_image REAL
+);
+CREATE TABLE IF NOT EXISTS curves ({_IDENTITY_SQL},
+    accuracies TEXT NOT NULL
+);
+"""
+
+
+class StoreVersionError(ValueError):
+    """The file is not a results store this version of testtime can read."""
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys, no spaces and tuples as lists: the same config always gives the same text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def cell_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The full resolved config of a cell: its ``config`` mapping (if any) plus the identity fields.
+
+    Metrics (accuracy, cost, curves) are not part of it, so a measured row and the cell it came
+    from have the same key.
+    """
+    missing = [k for k in REQUIRED if row.get(k) is None]
+    if missing:
+        raise ValueError(f"cell: missing field(s) {missing}; a cell needs {list(REQUIRED)}")
+    ident = {k: row[k] for k in IDENTITY if row.get(k) is not None}
+    ident.setdefault("hparams", {})
+    return {**dict(row.get("config") or {}), **ident}
+
+
+def cell_key(row: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of :func:`cell_config`."""
+    return hashlib.sha256(canonical_json(cell_config(row)).encode()).hexdigest()
+
+
+def _identity_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = cell_config(row)
+    sev, seed = row["severity"], row["seed"]
+    if not isinstance(sev, int) or isinstance(sev, bool) or not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"cell: severity and seed must be integers, got {sev!r} and {seed!r}")
+    return {
+        "key": cell_key(row),
+        "method": str(row["method"]),
+        "label": str(row.get("label") or row["method"]),
+        "corruption": str(row["corruption"]),
+        "severity": sev,
+        "seed": seed,
+        "protocol": str(row["protocol"]),
+        "backbone": str(row["backbone"]),
+        "dataset": str(row.get("dataset") or ""),
+        "hparams": canonical_json(row.get("hparams") or {}),
+        "config": canonical_json(cfg),
+        "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def _finite(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"cell: {name} must be finite, got {value!r}")
+    return v
+
+
+def _curve_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    acc = row.get("accuracies")
+    if acc is None or len(acc) == 0:
+        raise ValueError("curve: 'accuracies' must be a non-empty list of accuracies (%)")
+    return {**_identity_values(row), "accuracies": json.dumps([_finite("accuracies", a) for a in acc])}
+
+
+class ResultStore:
+    """A results store (SQLite). Open with :meth:`open` or :meth:`memory`; use as a context manager."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None) -> None:
+        self.conn = conn
+        self.path = path
+        conn.row_factory = sqlite3.Row
+
+    # ----- opening ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = False) -> ResultStore:
+        """Open the store at ``path`` (a ``*.sqlite`` file, or a run directory holding ``results.sqlite``).
+
+        ``create=True`` creates a missing store. The version is checked read-only first: a store of
+        another schema version, or a file that is not a store, raises :class:`StoreVersionError`
+        and is left untouched.
+        """
+        path = store_path(path)
+        if path.exists() and not (create and path.stat().st_size == 0):  # 0 bytes: another job is creating it
+            check_version(path)
+            conn = sqlite3.connect(path, timeout=60.0)
+            return cls(conn, path)
+        if not create:
+            raise FileNotFoundError(f"{path}: no results store (create one with ResultStore.open(..., create=True))")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=60.0)
+        _create(conn)
+        check_version(path)
+        return cls(conn, path)
+
+    @classmethod
+    def memory(cls) -> ResultStore:
+        conn = sqlite3.connect(":memory:")
+        _create(conn)
+        return cls(conn, None)
+
+    @classmethod
+    def copy_to_memory(cls, path: str | Path) -> ResultStore:
+        """An in-memory copy of the store at ``path`` (checked first; the file is only read)."""
+        path = store_path(path)
+        check_version(path)
+        src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        mem = sqlite3.connect(":memory:")
+        try:
+            src.backup(mem)
+        finally:
+            src.close()
+        return cls(mem, None)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- writing ------------------------------------------------------------------------
+    def put(self, row: Mapping[str, Any]) -> str:
+        """Insert or replace one cell (one transaction); returns its key.
+
+        ``row`` holds the identity fields (``method``, ``corruption``, ``severity``, ``seed``,
+        ``protocol``, ``backbone``; optional ``label``, ``dataset``, ``hparams``, ``config``), the
+        ``accuracy`` (%) and optionally ``n_images`` and the cost fields :data:`COST`.
+        """
+        values = self._cell_values(row)
+        with self.conn:
+            self._insert("cells", values, replace=True)
+        return values["key"]
+
+    def put_curve(self, row: Mapping[str, Any]) -> str:
+        """Insert or replace one curve: identity fields plus ``accuracies`` (after 0..K iterations)."""
+        values = _curve_values(row)
+        with self.conn:
+            self._insert("curves", values, replace=True)
+        return values["key"]
+
+    def put_many(self, rows: Iterable[Mapping[str, Any]], curves: Iterable[Mapping[str, Any]] = (),
+                 *, replace: bool = True) -> int:
+        """Write many cells and curves in ONE transaction (all or nothing); returns the number written.
+
+        ``replace=False`` keeps cells already stored (``INSERT OR IGNORE``).
+        """
+        cells = [self._cell_values(r) for r in rows]
+        curve_values = [_curve_values(c) for c in curves]
+        with self.conn:
+            for v in cells:
+                self._insert("cells", v, replace=replace)
+            for v in curve_values:
+                self._insert("curves", v, replace=replace)
+        return len(cells) + len(curve_values)
+
+    def merge_from(self, other: str | Path) -> int:
+        """Copy the cells and curves of another store (e.g. a shard run elsewhere) not already here."""
+        with ResultStore.copy_to_memory(other) as src:
+            rows = [dict(r) for r in src.conn.execute("SELECT * FROM cells")]
+            curves = [dict(r) for r in src.conn.execute("SELECT * FROM curves")]
+        before = self.count()
+        with self.conn:
+            for table, items in (("cells", rows), ("curves", curves)):
+                for v in items:
+                    self._insert(table, v, replace=False)
+        return self.count() - before
+
+    def _cell_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        if row.get("accuracy") is None:
+            raise ValueError("cell: 'accuracy' (%) is required")
+        values = _identity_values(row)
+        acc = _finite("accuracy", row["accuracy"])
+        if not 0.0 <= acc <= 100.0:
+            raise ValueError(f"cell: accuracy is a percentage in [0, 100], got {acc}")
+        values["accuracy"] = acc
+        values["n_images"] = None if row.get("n_images") is None else int(row["n_images"])
+        for k in COST:
+            values[k] = _finite(k, row.get(k))
+        return values
+
+    def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> None:
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.conn.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", tuple(values.values()))
+
+    # ----- reading ------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM cells WHERE key = ?", (key,)).fetchone() is not None
+
+    def keys(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT key FROM cells")}
+
+    def count(self, table: str = "cells") -> int:
+        if table not in ("cells", "curves"):
+            raise ValueError(f"table must be 'cells' or 'curves', got {table!r}")
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def cells(self, **where: Any) -> list[dict[str, Any]]:
+        """Stored cells in insertion order, filtered by equality on identity columns.
+
+        ``store.cells(method="tent", severity=5)``; ``hparams`` rows come back as dicts.
+        """
+        return self._select("cells", where)
+
+    def curves(self, **where: Any) -> list[dict[str, Any]]:
+        out = self._select("curves", where)
+        for r in out:
+            r["accuracies"] = json.loads(r["accuracies"])
+        return out
+
+    def distinct(self, column: str, table: str = "cells") -> list[Any]:
+        """The distinct values of an identity column, in order of first insertion."""
+        if column not in IDENTITY:
+            raise ValueError(f"column must be one of {list(IDENTITY)}, got {column!r}")
+        if table not in ("cells", "curves"):
+            raise ValueError(f"table must be 'cells' or 'curves', got {table!r}")
+        q = f"SELECT {column} FROM {table} GROUP BY {column} ORDER BY MIN(rowid)"
+        return [r[0] for r in self.conn.execute(q)]
+
+    def _select(self, table: str, where: Mapping[str, Any]) -> list[dict[str, Any]]:
+        bad = sorted(set(where) - set(IDENTITY) - {"key"})
+        if bad:
+            raise ValueError(f"filter: unknown column(s) {bad}; valid: {['key', *IDENTITY]}")
+        conds = " AND ".join(f"{k} = ?" for k in where)
+        args = tuple(canonical_json(v) if k == "hparams" else v for k, v in where.items())
+        q = f"SELECT * FROM {table}" + (f" WHERE {conds}" if conds else "") + " ORDER BY rowid"
+        out = []
+        for r in self.conn.execute(q, args):
+            d = dict(r)
+            d["hparams"] = json.loads(d["hparams"])
+            d["config"] = json.loads(d["config"])
+            out.append(d)
+        return out
+
+
+def store_path(path: str | Path) -> Path:
+    """``path`` itself if it names a file (an existing one, or ``*.sqlite``), else ``path/results.sqlite``."""
+    path = Path(path)
+    return path if path.is_file() or path.suffix in (".sqlite", ".db") else path / STORE_NAME
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    from testtime import __version__
+
+    meta = {"schema_version": str(SCHEMA_VERSION), "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "testtime": __version__}
+    inserts = "".join(f"INSERT OR IGNORE INTO meta (name, value) VALUES ('{k}', '{v}');" for k, v in meta.items())
+    # schema and version in one transaction; IF NOT EXISTS / OR IGNORE: shards may create the store at once
+    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + inserts + "COMMIT;")
+
+
+def check_version(path: Path) -> int:
+    """Read (read-only) the schema version of the store at ``path``; raise unless it is ours."""
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreVersionError(f"{path}: cannot open as a results store ({exc})") from exc
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreVersionError(f"{path}: not a testtime results store ({exc})") from exc
+    finally:
+        conn.close()
+    if row is None:
+        raise StoreVersionError(f"{path}: not a testtime results store (no schema_version)")
+    try:
+        version = int(row[0])
+    except ValueError as exc:
+        raise StoreVersionError(f"{path}: schema_version {row[0]!r} is not an integer") from exc
+    if version != SCHEMA_VERSION:
+        raise StoreVersionError(f"{path}: results store schema version {version}; this testtime reads version "
+                                f"{SCHEMA_VERSION} (left unmodified; re-run, or use the testtime that wrote it)")
+    return version
