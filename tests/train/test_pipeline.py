@@ -96,3 +96,32 @@ def test_demo_runs_end_to_end(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "CTA" in out and "aligned + test-batch BN" in out
+
+
+def test_bad_key_names_the_closest_valid_key():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) ttt.stpes; valid: .*\(did you mean 'ttt.steps'\?\)"):
+        load_config("demo", None, ["ttt.stpes=3"])
+    with pytest.raises(ValueError, match="supervised.epochs: expected a number, got 'many'"):
+        load_config("demo", None, ["supervised.epochs=many"])
+
+
+def test_eval_seed_draws_a_new_test_subset_disjoint_from_the_heldout_one():
+    from testtime.config import DataConfig
+    from testtime.data.experiment import _subsets
+
+    labels = np.repeat(np.arange(3), 20)
+    images = np.broadcast_to(np.arange(60, dtype=np.uint8)[:, None, None, None], (60, 4, 4, 3)).copy()  # row ids
+    pool = ImageSplit(images, labels, ("a", "b", "c"), "pool")
+    cfg = DataConfig(test_per_class=5, heldout_per_class=4)
+
+    def rows(split):
+        return set(split.images[:, 0, 0, 0].tolist())
+
+    test0, held = _subsets(pool, cfg, None)
+    assert rows(test0) == rows(_subsets(pool, cfg, 0)[0])  # eval seed = data.seed: the subset of earlier runs
+    assert not rows(test0) & rows(held)
+    for s in (1, 2):
+        test_s, held_s = _subsets(pool, cfg, s)
+        assert rows(held_s) == rows(held)  # the held-out subset does not move with the eval seed
+        assert not rows(test_s) & rows(held) and len(rows(test_s)) == 15
+        assert rows(test_s) != rows(test0)

@@ -66,7 +66,8 @@ def run_methods(
     for CTA's rows (N steps, then predict). The dict has one entry per method under ``"rows"``
     (accuracy per corruption, mean, wall time, settings) and the protocol's description.
     """
-    from testtime.train.pipeline import corrupted_domains, run_stages
+    from testtime.bench.evaluation import corrupted_domains
+    from testtime.train.pipeline import run_stages
 
     method_overrides = method_overrides or {}
     for name in list(methods) + list(method_overrides):

@@ -90,11 +90,13 @@ def merge_previous(path: Path, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testtime.bench.evaluation import results_table
     from testtime.bench.grid import run_methods
     from testtime.commands.train import load_config
+    from testtime.config import config_to_dict
+    from testtime.data.experiment import load_data
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
-    from testtime.train.pipeline import config_to_dict, load_data, results_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:

@@ -32,9 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from testtime.bench import evaluate, get_protocol
+    from testtime.bench.evaluation import clean_accuracy, corrupted_domains
     from testtime.commands.train import load_config
+    from testtime.data.experiment import load_data
     from testtime.methods import create_method
-    from testtime.train.pipeline import clean_accuracy, corrupted_domains, load_data, run_stages
+    from testtime.train.pipeline import run_stages
 
     cfg = load_config("demo", None, args.overrides)
     t0 = time.perf_counter()

@@ -31,13 +31,10 @@ def list_presets() -> list[str]:
 
 def load_config(preset: str | None, config: str | None, overrides: list[str]) -> Any:
     """Read a preset / YAML file, apply ``--set`` overrides, build the typed PipelineConfig."""
-    import yaml
-
-    from testtime.train.pipeline import PipelineConfig, apply_overrides, config_from_dict
+    from testtime.config import PipelineConfig, apply_overrides, config_from_dict, read_yaml
 
     if preset and config:
         raise UserError("give --preset or --config, not both")
-    values: dict[str, Any] = {}
     if config:
         path = Path(config)
         if not path.is_file():
@@ -49,19 +46,13 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
         text = resources.files("testtime.configs").joinpath(f"{preset}.yaml").read_text()
     else:
         text = "{}"
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{config or preset}: invalid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(values, dict):
-        raise UserError(f"{config or preset}: expected a mapping at the top level")
-    values = apply_overrides(values, overrides)
+    values = apply_overrides(read_yaml(text, str(config or preset)), overrides)
     return config_from_dict(PipelineConfig, values)
 
 
 def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
+    from testtime.config import config_to_dict
     from testtime.train.checkpoint import _atomic_write, environment
-    from testtime.train.pipeline import config_to_dict
 
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {
@@ -91,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from testtime.train.pipeline import STAGES
+    from testtime.config import STAGES
 
     p = subparsers.add_parser(
         "train",
@@ -128,8 +119,9 @@ def _prepare(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from testtime.data.experiment import load_data
     from testtime.train.peer_stages import PEER_STAGES
-    from testtime.train.pipeline import load_data, run_stages
+    from testtime.train.pipeline import run_stages
 
     cfg, run_dir = _prepare(args)
     data = load_data(cfg.data)
@@ -154,7 +146,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_cta(args: argparse.Namespace) -> int:
-    from testtime.train.pipeline import evaluate_pipeline, load_data, results_table, run_stages
+    from testtime.bench.evaluation import evaluate_pipeline, results_table
+    from testtime.data.experiment import load_data
+    from testtime.train.pipeline import run_stages
 
     cfg, run_dir = _prepare(args)
     t0 = time.perf_counter()

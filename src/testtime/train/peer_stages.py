@@ -64,7 +64,7 @@ def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "
     Fails before loading any tensor when the checkpoint holds no ``stage`` heads (e.g. a supervised
     or ``ttt`` checkpoint), naming the method and the command that trains it.
     """
-    from testtime.train.pipeline import config_from_dict
+    from testtime.config import config_from_dict
 
     cls = _method(stage)
     meta = read_meta(path)["meta"]
@@ -86,7 +86,7 @@ def peer_head_config(cfg: Any, stage: str) -> Any:
 
     Unknown methods or fields fail with the valid ones, before any work.
     """
-    from testtime.train.pipeline import config_from_dict
+    from testtime.config import config_from_dict
 
     cls = _method(stage)
     heads = getattr(cfg, "peer_heads", {}) or {}

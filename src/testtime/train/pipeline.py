@@ -12,11 +12,12 @@ sub-command, each writing ``<run_dir>/<stage>.safetensors`` + ``.json``):
 4. ``probe``: a linear classifier on the frozen SSL model's features pi(g(x)) (CTA-C).
 5. ``joint``: the Y model, shared encoder + classifier + projector, CE + Eq. 1.
 
-Evaluation (:func:`evaluate_pipeline`): test-time learning rate and iteration count chosen on the
-held-out corruptions with the accuracy-against-iterations curve (Fig. 3); then every row on the
-test corruptions under the episodic protocol.
-
-Only the CLI reads YAML: :func:`config_from_dict` turns a plain dict into the typed config.
+The path of the data: the experiment config (:mod:`testtime.config`: typed dataclasses, YAML,
+``--set``) -> the data (:mod:`testtime.data.experiment`) -> these stages (checkpoints in the run
+dir, trained once and reused) -> evaluation (:mod:`testtime.bench.evaluation` for ``testtime cta``,
+:mod:`testtime.bench.cells` for the grid of ``testtime bench CONFIG.yaml``) -> the results store
+(:mod:`testtime.store`) -> the report (:mod:`testtime.report`). The config, data and evaluation
+names are re-exported here for code written against the former single module.
 
 Example::
 
@@ -28,11 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
-import time
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +38,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from testtime.data import ImageSplit, load_dataset, subset_per_class
-from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
+from testtime.bench.evaluation import (  # noqa: F401  (re-exported)
+    clean_accuracy,
+    corrupted_domains,
+    evaluate_pipeline,
+    iteration_curve,
+    results_table,
+)
+from testtime.config import (  # noqa: F401  (re-exported)
+    HELDOUT_4,
+    STAGES,
+    AlignStageConfig,
+    DataConfig,
+    EvalConfig,
+    JointStageConfig,
+    ModelConfig,
+    PipelineConfig,
+    ProbeStageConfig,
+    SSLStageConfig,
+    TTTConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
+from testtime.data import ImageSplit
+from testtime.data.experiment import PipelineData, load_data, per_class_rows  # noqa: F401  (re-exported)
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
-from testtime.train.checkpoint import _atomic_write, environment, save_modules
+from testtime.train.checkpoint import save_modules
 from testtime.train.objectives import (
     AlignObjective,
-    AlignWeights,
     JointObjective,
     LinearProbeObjective,
     SimCLRObjective,
@@ -57,241 +75,6 @@ from testtime.train.objectives import (
 )
 from testtime.train.trainer import FitResult, TrainConfig, fit
 
-STAGES = ("supervised", "ssl", "align", "probe", "joint")
-HELDOUT_4 = CORRUPTIONS_EXTRA  # the 4 held-out corruptions, for choosing hyperparameters
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the source and test images come from; every subset is seeded."""
-
-    dataset: str = "imagefolder"  # a testtime.data dataset name
-    root: str | None = None  # None: $<root_env> (image folders need a root)
-    root_env: str | None = "TESTTIME_CIFAR10_JPEG"
-    train_split: str = "train"
-    test_split: str = "test"
-    train_per_class: int | None = 1000  # None = the whole training split
-    test_per_class: int = 50  # per corruption: the same seeded clean subset, corrupted
-    heldout_per_class: int = 26  # a disjoint seeded subset for the held-out corruptions
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "resnet8"
-    norm: str = "batch"
-
-
-@dataclass(frozen=True)
-class SSLStageConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tau: float = 0.01  # Eq. 1 (Table 3)
-    init: str = "supervised"  # "supervised": g = copy of f; "scratch": fresh weights
-    pi_init: str = "identity"  # "identity" | "random"
-
-
-@dataclass(frozen=True)
-class AlignStageConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    weights: AlignWeights = field(default_factory=AlignWeights)
-
-
-@dataclass(frozen=True)
-class ProbeStageConfig:
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, warmup_epochs=0, lr=1e-3))
-
-
-@dataclass(frozen=True)
-class JointStageConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tau: float = 0.01
-    ssl_weight: float = 1.0
-    init: str = "supervised"  # "supervised": start from h(f) + identity pi; "scratch"
-
-
-@dataclass(frozen=True)
-class TTTConfig:
-    """Test time (paper: Adam, lr 1e-6, batch 128, 20 iterations, tau 0.01, episodic)."""
-
-    lr: float = 1e-6
-    steps: int = 20
-    batch_size: int = 128
-    tau: float = 0.01
-    bn: str = "batch"
-    protocol: str = "episodic"
-    select_on_heldout: bool = True  # choose lr and steps on the held-out corruptions
-    lr_candidates: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
-    max_steps: int = 20  # the curve's length (Fig. 3)
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    corruptions: tuple[str, ...] = CORRUPTIONS_15
-    heldout: tuple[str, ...] = HELDOUT_4
-    severity: int = 5
-    params: str | None = None  # corruption parameter set; None = by image size (32 px: "cifar")
-    rows: tuple[str, ...] = (
-        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
-        "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    name: str = "custom"
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None  # torch.set_num_threads when set
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    supervised: TrainConfig = field(default_factory=TrainConfig)
-    ssl: SSLStageConfig = field(default_factory=SSLStageConfig)
-    align: AlignStageConfig = field(default_factory=AlignStageConfig)
-    probe: ProbeStageConfig = field(default_factory=ProbeStageConfig)
-    joint: JointStageConfig = field(default_factory=JointStageConfig)
-    ttt: TTTConfig = field(default_factory=TTTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    # source-time heads of the CTA paper's peers, by method: fields of its HeadConfig that differ from
-    # the paper's, e.g. {"nc-ttt": {"embed_dim": 64}} (``--set peer_heads.nc-ttt.embed_dim=64``)
-    peer_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.ssl.init not in ("supervised", "scratch"):
-            raise ValueError(f"ssl.init must be 'supervised' or 'scratch', got {self.ssl.init!r}")
-        if self.ssl.pi_init not in ("identity", "random"):
-            raise ValueError(f"ssl.pi_init must be 'identity' or 'random', got {self.ssl.pi_init!r}")
-        if self.joint.init not in ("supervised", "scratch"):
-            raise ValueError(f"joint.init must be 'supervised' or 'scratch', got {self.joint.init!r}")
-        if self.ttt.batch_size < 2:
-            raise ValueError(f"ttt.batch_size must be >= 2 (NT-Xent needs negatives), got {self.ttt.batch_size}")
-        if not 1 <= self.eval.severity <= 5:
-            raise ValueError(f"eval.severity must be 1..5, got {self.eval.severity}")
-
-
-# ----- typed configs from plain dicts (the CLI reads the YAML) ------------------------------------
-def _build(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return config_from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v, where) for v in value)
-        return tuple(_build(a, v, where) for a, v in zip(args, value))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Build the frozen dataclass ``cls`` from a nested dict; unknown keys fail listing the valid ones."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
-            f"valid: {', '.join(names)}"
-        )
-    kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``["ssl.train.epochs=3", "ttt.lr=1e-4"]`` -> a new nested dict (values parsed as YAML scalars)."""
-    import yaml
-
-    out = copy.deepcopy(values)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-# ----- data -------------------------------------------------------------------------------------
-@dataclass
-class PipelineData:
-    train: ImageSplit
-    test: ImageSplit  # the clean seeded evaluation subset
-    heldout: ImageSplit  # a disjoint seeded subset for the held-out corruptions
-
-
-def load_data(cfg: DataConfig) -> PipelineData:
-    """Load the source training subset and the two seeded, disjoint test subsets."""
-    root = cfg.root
-    if root is None and cfg.root_env:
-        root = os.environ.get(cfg.root_env) or None
-    if cfg.dataset == "imagefolder" and root is None:
-        raise ValueError(f"data.root: an image-folder dataset needs a root (set data.root= or ${cfg.root_env})")
-    train = load_dataset(cfg.dataset, split=cfg.train_split, root=root)
-    if cfg.train_per_class is not None:
-        train = subset_per_class(train, cfg.train_per_class, seed=cfg.seed)
-    test_all = load_dataset(cfg.dataset, split=cfg.test_split, root=root)
-    rows_test = per_class_rows(test_all.labels, cfg.test_per_class, cfg.seed)
-    rows_held = per_class_rows(test_all.labels, cfg.heldout_per_class, cfg.seed + 1, exclude=rows_test)
-    test = test_all.take(rows_test, name=f"{test_all.name}[{cfg.test_per_class}/class,seed={cfg.seed}]")
-    heldout = test_all.take(rows_held, name=f"{test_all.name}[heldout {cfg.heldout_per_class}/class]")
-    return PipelineData(train, test, heldout)
-
-
-def per_class_rows(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """``n`` seeded rows of every class (sorted), none of them in ``exclude``."""
-    rng = np.random.default_rng(seed)
-    banned = np.zeros(len(labels), dtype=bool)
-    if exclude is not None:
-        banned[exclude] = True
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero((labels == c) & ~banned)
-        if len(idx) < n:
-            raise ValueError(f"n={n}: class {c} has only {len(idx)} images left")
-        keep.append(idx[rng.permutation(len(idx))[:n]])
-    return np.sort(np.concatenate(keep))
-
-
-# ----- stages -----------------------------------------------------------------------------------
 Logger = Callable[[str], None]
 
 
@@ -441,229 +224,3 @@ def run_stages(
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
     return m
-
-
-# ----- evaluation -------------------------------------------------------------------------------
-@torch.no_grad()
-def clean_accuracy(
-    model: nn.Module,
-    split: ImageSplit,
-    *,
-    batch_size: int = 256,
-    device: str = "cpu",
-    test_batch_bn: bool = False,
-    seed: int = 0,
-) -> float:
-    """Accuracy (%) of ``model`` on ``split`` in eval mode (or with test-batch BN statistics)."""
-    from testtime.bench.runner import to_float_batch
-    from testtime.methods.base import use_batch_statistics
-
-    model = copy.deepcopy(model).to(device).eval()
-    if test_batch_bn:
-        use_batch_statistics(model)
-    # a seeded shuffle: with test-batch BN statistics, batches must not be sorted by class
-    order = np.random.default_rng(seed).permutation(len(split))
-    correct = 0
-    for s in range(0, len(split), batch_size):
-        idx = order[s : s + batch_size]
-        x = to_float_batch(split.images[idx], device)
-        correct += int((model(x).argmax(1).cpu().numpy() == split.labels[idx]).sum())
-    return 100.0 * correct / max(1, len(split))
-
-
-def corrupted_domains(
-    split: ImageSplit,
-    names: Sequence[str],
-    severity: int,
-    seed: int,
-    params: str | None = None,
-    log: Logger | None = print,
-) -> list:
-    """One :class:`testtime.bench.Domain` per corruption of ``split`` at ``severity`` (seeded)."""
-    from testtime.bench import Domain
-    from testtime.corruptions import corrupt
-
-    out = []
-    for i, name in enumerate(names):
-        t0 = time.perf_counter()
-        imgs = corrupt(split.images, name, severity, seed=seed + i, params=params)
-        out.append(Domain(name, np.asarray(imgs, dtype=np.uint8), split.labels))
-        if log:
-            log(f"[corrupt] {name} s{severity}: {len(imgs)} images in {time.perf_counter() - t0:.1f}s")
-    return out
-
-
-def iteration_curve(
-    bundle: ProjectedClassifier,
-    method: str,
-    domains: Sequence,
-    *,
-    lr: float,
-    max_steps: int,
-    batch_size: int = 128,
-    tau: float = 0.01,
-    bn: str = "batch",
-    seed: int = 0,
-    device: str = "cpu",
-) -> dict[str, list[float]]:
-    """Accuracy (%) per domain after 0..max_steps iterations per batch (episodic; the paper's Fig. 3).
-
-    Iteration 0 is the bundle with test-batch BN statistics (``bn="batch"``) and no gradient step.
-    """
-    from testtime.bench import get_protocol
-    from testtime.bench.runner import to_float_batch
-    from testtime.methods import create_method
-
-    m = create_method(method, copy.deepcopy(bundle), steps=1, lr=lr, tau=tau, bn=bn, seed=seed).to(device)
-    proto = get_protocol("episodic", batch_size=batch_size, seed=seed)
-    correct = {d.name: np.zeros(max_steps + 1) for d in domains}
-    total = {d.name: 0 for d in domains}
-    for batch in proto.stream(domains):
-        m.reset()
-        x = to_float_batch(batch.images, device)
-        for k in range(max_steps + 1):
-            if k > 0:
-                m.adapt(x)
-            pred = m.predict(x).argmax(1).cpu().numpy()
-            correct[batch.domain][k] += int((pred == batch.labels).sum())
-        total[batch.domain] += len(batch.labels)
-    return {n: list(100.0 * correct[n] / max(1, total[n])) for n in correct}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
-
-
-def evaluate_pipeline(
-    cfg: PipelineConfig, models: Models, data: PipelineData, run_dir: str | Path, *, log: Logger | None = print
-) -> dict[str, Any]:
-    """Choose lr / steps on the held-out corruptions, then evaluate every row on the test corruptions.
-
-    Writes ``<run_dir>/results.json`` (rows, curves, the resolved config, versions, wall times).
-    """
-    from testtime.bench import evaluate, get_protocol
-    from testtime.methods import create_method
-
-    run_dir = Path(run_dir)
-    t_start = time.perf_counter()
-    dev = cfg.device
-    out: dict[str, Any] = {
-        "config": config_to_dict(cfg),
-        "environment": environment(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-    }
-    out["clean"] = {}
-    for label, mdl in models.named():
-        out["clean"][label] = clean_accuracy(mdl, data.test, device=dev)
-        if log:
-            log(f"[clean] {label}: {out['clean'][label]:.2f}% on {len(data.test)} test images")
-    _write_json(run_dir / "results.json", out)
-    ttt = cfg.ttt
-    lr, steps = ttt.lr, ttt.steps
-    if ttt.select_on_heldout and cfg.eval.heldout and models.aligned is not None:
-        held = corrupted_domains(
-            data.heldout, cfg.eval.heldout, cfg.eval.severity, seed=cfg.seed + 1000, params=cfg.eval.params, log=log
-        )
-        curves = {}
-        best = (-1.0, lr, steps)
-        for cand in ttt.lr_candidates:
-            t0 = time.perf_counter()
-            cur = iteration_curve(
-                models.aligned,
-                "cta",
-                held,
-                lr=cand,
-                max_steps=ttt.max_steps,
-                batch_size=ttt.batch_size,
-                tau=ttt.tau,
-                bn=ttt.bn,
-                seed=ttt.seed,
-                device=dev,
-            )
-            mean = np.mean([cur[n] for n in cur], axis=0)  # (max_steps + 1,)
-            curves[str(cand)] = {"per_domain": cur, "mean": list(mean), "wall_s": time.perf_counter() - t0}
-            k = int(np.argmax(mean[1:])) + 1  # at least one step: the method is test-time *training*
-            if mean[k] > best[0] + 1e-9:
-                best = (float(mean[k]), cand, k)
-            if log:
-                log(
-                    f"[heldout] lr {cand:g}: "
-                    + " ".join(f"{v:.1f}" for v in mean)
-                    + f" ({time.perf_counter() - t0:.0f}s)"
-                )
-        lr, steps = best[1], best[2]
-        out["heldout"] = {
-            "corruptions": list(cfg.eval.heldout),
-            "curves": curves,
-            "chosen_lr": lr,
-            "chosen_steps": steps,
-            "chosen_mean_accuracy": best[0],
-        }
-        if log:
-            log(f"[heldout] chosen lr {lr:g}, steps {steps} (mean held-out accuracy {best[0]:.2f}%)")
-        _write_json(run_dir / "results.json", out)
-    domains = corrupted_domains(
-        data.test, cfg.eval.corruptions, cfg.eval.severity, seed=cfg.seed, params=cfg.eval.params, log=log
-    )
-    proto = get_protocol(ttt.protocol, batch_size=ttt.batch_size, seed=ttt.seed)
-    plan: dict[str, tuple[str, nn.Module | None, dict[str, Any]]] = {
-        "supervised": ("source", models.supervised, {}),
-        "supervised+bn": ("bn", models.supervised, {}),
-        "aligned": ("source", models.aligned, {}),
-        "aligned+bn": ("bn", models.aligned, {}),
-        "cta": ("cta", models.aligned, {"steps": steps, "lr": lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed}),
-        "cta-paper-settings": (
-            "cta",
-            models.aligned,
-            {"steps": ttt.steps, "lr": ttt.lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed},
-        ),
-        "ssl+probe": ("source", models.probe, {}),
-        "ssl+probe+bn": ("bn", models.probe, {}),
-        "cta-c": ("cta-c", models.probe, {"steps": steps, "lr": lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed}),
-        "y-model-eval": ("source", models.joint, {}),
-        "y-model+bn": ("bn", models.joint, {}),
-        "y-model": (
-            "y-model",
-            models.joint,
-            {"steps": steps, "lr": lr, "tau": ttt.tau, "bn": ttt.bn, "seed": ttt.seed},
-        ),
-    }
-    out["rows"] = {}
-    out["protocol"] = proto.describe("after")
-    for row in cfg.eval.rows:
-        if row not in plan:
-            raise ValueError(f"eval.rows: unknown row {row!r}; valid: {', '.join(plan)}")
-        name, mdl, over = plan[row]
-        if mdl is None:
-            continue
-        method = create_method(name, copy.deepcopy(mdl), **over)
-        res = evaluate(method, domains, proto, device=dev)
-        out["rows"][row] = {"method": name, "settings": over, **res.to_dict()}
-        if log:
-            log(
-                f"[eval] {row}: mean {res.mean_accuracy:.2f}% ({res.wall_s:.0f}s, non-finite steps "
-                f"{res.nonfinite_steps})"
-            )
-        _write_json(run_dir / "results.json", out)
-    out["wall_s_eval"] = time.perf_counter() - t_start
-    _write_json(run_dir / "results.json", out)
-    return out
-
-
-def results_table(results: dict[str, Any]) -> str:
-    """A markdown table (rows x corruptions + mean) from ``results.json``'s content."""
-    rows = results.get("rows", {})
-    if not rows:
-        return "(no rows)"
-    names = list(next(iter(rows.values()))["accuracy"].keys())
-    short = {
-        n: n.replace("_noise", "").replace("_blur", "").replace("_transform", "").replace("_compression", "")
-        for n in names
-    }
-    head = "| row | " + " | ".join(short[n] for n in names) + " | mean |"
-    sep = "|---|" + "---:|" * (len(names) + 1)
-    lines = [head, sep]
-    for r, v in rows.items():
-        acc = v["accuracy"]
-        lines.append(f"| {r} | " + " | ".join(f"{acc[n]:.1f}" for n in names) + f" | **{v['mean_accuracy']:.2f}** |")
-    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""The config system of every command: typed frozen dataclasses, YAML, ``--set`` overrides.
+
+``core``: :func:`config_from_dict` (unknown keys name the closest valid one), :func:`apply_overrides`,
+:func:`read_yaml`; ``pipeline``: CTA's :class:`PipelineConfig` (the source presets); the bench grid's
+config is :class:`testtime.bench.spec.BenchConfig`.
+"""
+
+from testtime.config.core import apply_overrides, closest, config_from_dict, config_to_dict, read_yaml
+from testtime.config.pipeline import (
+    HELDOUT_4,
+    STAGES,
+    AlignStageConfig,
+    DataConfig,
+    EvalConfig,
+    JointStageConfig,
+    ModelConfig,
+    PipelineConfig,
+    ProbeStageConfig,
+    SSLStageConfig,
+    TTTConfig,
+)
+
+__all__ = [
+    "HELDOUT_4", "STAGES", "AlignStageConfig", "DataConfig", "EvalConfig", "JointStageConfig", "ModelConfig",
+    "PipelineConfig", "ProbeStageConfig", "SSLStageConfig", "TTTConfig", "apply_overrides", "closest",
+    "config_from_dict", "config_to_dict", "read_yaml",
+]  # fmt: skip
