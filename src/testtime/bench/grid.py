@@ -44,6 +44,16 @@ def source_batches(images: np.ndarray, batch_size: int, device: str = "cpu"):
         yield to_float_batch(images[s : s + batch_size], device)
 
 
+def prepare_source_data(method: nn.Module, name: str, train: Any, batch_size: int, device: str,
+                        samples: int, seed: int) -> None:
+    """Give a method that needs source data (EATA's Fisher weights) ``samples`` seeded clean training
+    images; it takes them into its reset point."""
+    if hasattr(method, "compute_fisher") and METHODS.get(name).requirements.needs_source_data:
+        n = min(samples, len(train))
+        rows = np.random.default_rng(seed).permutation(len(train))[:n]
+        method.compute_fisher(source_batches(train.images[rows], batch_size, device))
+
+
 def run_methods(
     cfg: Any,
     run_dir: str | Path,
@@ -94,10 +104,7 @@ def run_methods(
         over = method_overrides.get(name, {})
         method = create_method(name, copy.deepcopy(model), **over)
         t0 = time.perf_counter()
-        if hasattr(method, "compute_fisher") and METHODS.get(name).requirements.needs_source_data:
-            n = min(fisher_samples, len(data.train))
-            rows = np.random.default_rng(cfg.seed).permutation(len(data.train))[:n]
-            method.compute_fisher(source_batches(data.train.images[rows], proto.batch_size, dev))  # in the reset point
+        prepare_source_data(method, name, data.train, proto.batch_size, dev, fisher_samples, cfg.seed)
         res = evaluate(method, domains, proto, device=dev)
         row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict()}
         row["wall_s"] = time.perf_counter() - t0

@@ -10,14 +10,14 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from testtime.bench.protocols import Domain, Protocol
+from testtime.bench.protocols import Batch, Domain, Protocol
 from testtime.methods.base import Method
 
 
@@ -62,6 +62,18 @@ def to_float_batch(images: np.ndarray | torch.Tensor, device: torch.device | str
     return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
+def run_batches(
+    method: Method, batches: Iterable[Batch], order: str | None, device: torch.device | str = "cpu"
+) -> Iterator[tuple[Batch, np.ndarray]]:
+    """Step ``method`` through ``batches`` (reset where ``reset_before`` says); yield each batch and its
+    predicted classes (predicted before or after its update as ``order``, or the method's default, says)."""
+    for batch in batches:
+        if batch.reset_before:
+            method.reset()
+        x = to_float_batch(batch.images, device)
+        yield batch, method.step(x, order).argmax(1).cpu().numpy()
+
+
 def evaluate(
     method: Method,
     domains: Sequence[Domain],
@@ -89,12 +101,8 @@ def evaluate(
     offsets = dict(zip((d.name for d in domains), np.cumsum([0] + [len(d.labels) for d in domains])))
     start = time.perf_counter()
     n_batches = sum(-(-len(d.labels) // protocol.batch_size) for d in domains)
-    for batch in tqdm(protocol.stream(domains), total=n_batches, disable=not progress, desc=method.name):
-        if batch.reset_before:
-            method.reset()
-        x = to_float_batch(batch.images, device)
-        logits = method.step(x, protocol.order)
-        pred = logits.argmax(1).cpu().numpy()
+    batches = tqdm(protocol.stream(domains), total=n_batches, disable=not progress, desc=method.name)
+    for batch, pred in run_batches(method, batches, protocol.order, device):
         hit = pred == batch.labels
         names = batch.domains or (batch.domain,) * len(hit)
         for name, i, p, h in zip(names, batch.index, pred, hit):

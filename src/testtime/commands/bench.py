@@ -1,6 +1,17 @@
-"""``testtime bench``: the baselines on a preset, next to CTA (same weights, data, subset, protocol).
+"""``testtime bench``: a grid of methods from one YAML file, or the baselines on a preset.
 
-Examples::
+A grid (``testtime bench CONFIG``; CONFIG is a YAML file or a shipped bench config, see
+docs/benchmark.md)::
+
+    testtime bench cifar10-cpu-bench --set source.data.root=/data/cifar10-jpeg
+    testtime bench my-grid.yaml --set eval_seeds=[0] --set methods.tent.candidates.lr=[1e-3] --shard 0/4
+
+methods x protocols x corruptions x severities x eval seeds, hyperparameters chosen on the held-out
+corruptions; every cell (accuracy and cost) goes to ``<run-dir>/results.sqlite`` as soon as it is
+measured: run the same command again to resume; ``--shard i/n`` splits the grid between jobs;
+``testtime report RUN_DIR`` makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
+
+The baselines on a preset (flags only; results in ``bench-<protocol>.json``)::
 
     testtime bench --preset cifar10-cpu --methods source,bn,tent,eata,sar,cotta,memo,ttt,ttt++
     testtime bench --preset cifar10-cpu --methods tent --protocol reset-per-domain --method-set tent.lr=1e-4
@@ -26,16 +37,18 @@ from testtime.cli import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     from testtime.bench.protocols import list_protocols
 
-    p = subparsers.add_parser("bench", help="evaluate baselines on a preset's corrupted test subset",
+    p = subparsers.add_parser("bench", help="a grid of methods from a YAML file (or baselines on a preset)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from testtime.commands.train import _common
 
+    p.add_argument("grid", nargs="?", metavar="CONFIG", help="a bench YAML file or shipped bench config (grid mode)")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="grid mode: run every N-th cell from the I-th")
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
-    p.add_argument("--methods", default="source,bn,tent,eata,sar,cotta,memo,ttt,ttt++",
-                   help="comma-separated registered methods (see `testtime methods`)")
+    p.add_argument("--methods", help="comma-separated registered methods (see `testtime methods`; default: "
+                   "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++)")
     p.add_argument("--protocol", choices=list_protocols(), help="default: the preset's test-time protocol")
     p.add_argument("--batch-size", type=int, help="default: the preset's test-time batch size")
-    p.add_argument("--order", choices=("before", "after", "method"), default="method",
+    p.add_argument("--order", choices=("before", "after", "method"),
                    help="predict each batch before or after its update (default: each method's own order)")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method's config field, e.g. tent.lr=1e-4 (repeatable)")
@@ -89,7 +102,35 @@ def merge_previous(path: Path, out: dict[str, Any]) -> dict[str, Any]:
     return {**out, "rows": rows}
 
 
+FLAG_ONLY = ("preset", "config", "methods", "protocol", "batch_size", "order", "method_set", "out")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.grid is not None:
+        return run_grid_config(args)
+    return run_flags(args)
+
+
+def run_grid_config(args: argparse.Namespace) -> int:
+    from testtime.bench.experiment import run_bench
+    from testtime.bench.spec import load_bench_config
+    from testtime.store import parse_shard
+
+    given = [f"--{k.replace('_', '-')}" for k in FLAG_ONLY if getattr(args, k) not in (None, [])]
+    if given:
+        raise UserError(f"{', '.join(given)}: not with a bench CONFIG (set them in the YAML file, or with --set)")
+    shard = parse_shard(args.shard)
+    bench = load_bench_config(args.grid, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / bench.name)
+    t0 = time.perf_counter()
+    summary = run_bench(bench, run_dir, shard=shard, log=None if args.quiet else print, progress=not args.quiet)
+    print(f"{bench.name}: {summary.ran} cells measured, {summary.skipped} already stored, "
+          f"{summary.in_shard} in shard {shard[0]}/{shard[1]} of {summary.total} ({time.perf_counter() - t0:.0f}s); "
+          f"store {run_dir / 'results.sqlite'}; tables: testtime report {run_dir}")
+    return 0
+
+
+def run_flags(args: argparse.Namespace) -> int:
     from testtime.bench.evaluation import results_table
     from testtime.bench.grid import run_methods
     from testtime.commands.train import load_config
@@ -98,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
 
+    if args.shard != "0/1":
+        raise UserError("--shard: only with a bench CONFIG")
+    args.methods = args.methods if args.methods is not None else "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++"
+    args.order = args.order or "method"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: give at least one method")
