@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testtime.bench.cells import BenchRun
+from testtime.bench.cells import BenchRun, model_kind
 from testtime.bench.select import choose
 from testtime.bench.spec import BenchConfig, bench_to_dict, expand
 from testtime.store import GridSummary, ResultStore, run_grid
@@ -39,6 +39,8 @@ def build_cells(run: BenchRun) -> list[dict[str, Any]]:
     """Choose on the held-out corruptions, then list every cell of the grid (in grid order)."""
     b = run.bench
     pairs = expand(b)
+    for label in b.methods:  # every source model is loaded (or trained) before the grid starts
+        run.model(model_kind(label, b.methods[label]))
     chosen = {pair: choose(run, *pair) for pair in pairs}
     return [run.cell(label, proto, corr, sev, seed, *chosen[(label, proto)])
             for seed in b.eval_seeds for sev in b.severities for corr in b.corruptions for label, proto in pairs]

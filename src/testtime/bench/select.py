@@ -30,7 +30,7 @@ SELECTION_FILE = "selection.json"
 
 
 def choose(run: BenchRun, label: str, protocol: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The chosen candidate values of ``label`` under ``protocol`` and the record of the choice (None: no candidates)."""
+    """The chosen candidate values of ``label`` under ``protocol``, and the record of the choice (or None)."""
     import hashlib
 
     spec = run.bench.methods[label]

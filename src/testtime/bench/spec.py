@@ -57,6 +57,7 @@ class MethodSpec:
 @dataclass(frozen=True)
 class BenchConfig:
     name: str = "bench"
+    run_dir: str | None = None  # None: runs/<the source preset's name>, where its checkpoints are
     preset: str | None = None  # the source preset (testtime/configs/<preset>.yaml); None = the dataclass defaults
     source: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     corruptions: tuple[str, ...] = CORRUPTIONS_15
@@ -184,6 +185,11 @@ def check_methods(bench: BenchConfig) -> None:
 def expand(bench: BenchConfig) -> list[tuple[str, str]]:
     """The (label, protocol) pairs of the grid, in config order."""
     return [(label, p) for label, spec in bench.methods.items() for p in (spec.protocols or bench.protocols)]
+
+
+def default_run_dir(bench: BenchConfig) -> Path:
+    """``run_dir``, or ``runs/<source name>``: the run dir of ``testtime train/cta --preset <name>``."""
+    return Path(bench.run_dir) if bench.run_dir else Path("runs") / source_config(bench).name
 
 
 def bench_to_dict(bench: BenchConfig) -> dict[str, Any]:

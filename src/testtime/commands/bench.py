@@ -8,7 +8,8 @@ docs/benchmark.md)::
 
 methods x protocols x corruptions x severities x eval seeds, hyperparameters chosen on the held-out
 corruptions; every cell (accuracy and cost) goes to ``<run-dir>/results.sqlite`` as soon as it is
-measured: run the same command again to resume; ``--shard i/n`` splits the grid between jobs;
+measured (the run dir defaults to ``runs/<source preset name>``, where ``testtime train`` / ``testtime
+cta`` put that preset's checkpoints, which are reused): run the same command again to resume; ``--shard i/n`` splits the grid between jobs;
 ``testtime report RUN_DIR`` makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
 
 The baselines on a preset (flags only; results in ``bench-<protocol>.json``)::
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_grid_config(args: argparse.Namespace) -> int:
     from testtime.bench.experiment import run_bench
-    from testtime.bench.spec import load_bench_config
+    from testtime.bench.spec import default_run_dir, load_bench_config
     from testtime.store import parse_shard
 
     given = [f"--{k.replace('_', '-')}" for k in FLAG_ONLY if getattr(args, k) not in (None, [])]
@@ -121,7 +122,7 @@ def run_grid_config(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(given)}: not with a bench CONFIG (set them in the YAML file, or with --set)")
     shard = parse_shard(args.shard)
     bench = load_bench_config(args.grid, args.overrides)
-    run_dir = Path(args.run_dir or Path("runs") / bench.name)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(bench)
     t0 = time.perf_counter()
     summary = run_bench(bench, run_dir, shard=shard, log=None if args.quiet else print, progress=not args.quiet)
     print(f"{bench.name}: {summary.ran} cells measured, {summary.skipped} already stored, "

@@ -1,0 +1,132 @@
+"""`testtime bench CONFIG.yaml` on the shipped tiny config: resume, shards, bad input (real Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from testtime.bench.cells import BenchRun
+from testtime.cli import main
+from testtime.store import ResultStore
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) missing")
+
+
+def cells_of(run_dir: Path) -> dict[str, tuple]:
+    with ResultStore.open(run_dir) as store:
+        return {c["key"]: (c["label"], c["protocol"], c["corruption"], c["seed"], c["accuracy"], c["hparams"],
+                           c["forward_per_image"], c["backward_per_image"]) for c in store.cells()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the tiny grid; its checkpoint is copied into the other runs' dirs."""
+    run = tmp_path_factory.mktemp("ref")
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0
+    return run
+
+
+def _with_checkpoint(reference: Path, run: Path) -> Path:
+    run.mkdir()
+    for f in ("supervised.safetensors", "supervised.json"):
+        (run / f).write_bytes((reference / f).read_bytes())  # trained once, reused (checked against settings)
+    return run
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_grid_has_every_cell_with_its_cost_and_heldout_choice(reference):
+    cells = cells_of(reference)
+    assert len(cells) == 2 * 2 * (1 + 1 + 2)  # seeds x corruptions x (source, bn, tent x 2 protocols)
+    with ResultStore.open(reference) as store:
+        rows = store.cells(label="tent")
+    assert all(r["config"]["selection"]["on"] == ["spatter"] for r in rows)  # chosen on held-out only
+    chosen = rows[0]["config"]["selection"]["chosen"]["lr"]
+    assert all(r["hparams"] == {"lr": chosen} for r in rows)
+    means = rows[0]["config"]["selection"]["means"]
+    assert rows[0]["config"]["selection"]["mean_accuracy"] == max(means.values()) and len(means) == 2
+    for r in rows:  # TENT: one forward and one backward pass per image, measured by hooks
+        assert r["forward_per_image"] == 1.0 and r["backward_per_image"] == 1.0
+        assert r["wall_s"] > 0 and r["images_per_s"] > 0 and r["peak_mem_mb"] is not None
+    for r in ResultStore.open(reference).cells(label="source"):
+        assert r["forward_per_image"] == 1.0 and r["backward_per_image"] == 0.0
+    assert (reference / "grid.log").read_text().count("done:") == 16
+    assert "[select] tent" in (reference / "bench.log").read_text()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_killed_mid_grid_then_rerun_gives_exactly_the_uninterrupted_cells(reference, tmp_path, monkeypatch):
+    run = _with_checkpoint(reference, tmp_path / "run")
+    real = BenchRun.evaluate_cell
+    calls = []
+
+    def dies_at_the_7th(self, cell):
+        calls.append(cell["label"])
+        if len(calls) == 7:  # a continual cell's stream is then replayed on resume
+            raise KeyboardInterrupt
+        return real(self, cell)
+
+    monkeypatch.setattr(BenchRun, "evaluate_cell", dies_at_the_7th)
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) != 0
+    assert len(cells_of(run)) == 6  # what was measured before the kill is kept
+    monkeypatch.setattr(BenchRun, "evaluate_cell", real)
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0
+    assert cells_of(run) == cells_of(reference)
+    assert "6 already stored, 10 to run" in (run / "grid.log").read_text()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_two_shards_fill_the_same_store_as_one_run(reference, tmp_path):
+    run = _with_checkpoint(reference, tmp_path / "run")
+    assert main(["bench", "tiny", "--run-dir", str(run), "--shard", "1/2", "--quiet"]) == 0
+    assert len(cells_of(run)) == 8
+    assert main(["bench", "tiny", "--run-dir", str(run), "--shard", "0/2", "--quiet"]) == 0
+    assert cells_of(run) == cells_of(reference)
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["methods.tent.candidatez.lr=[1]"], r"methods.tent.candidatez.*did you mean 'methods.tent.candidates'"),
+    (["eval_seedz=[1]"], r"unknown key\(s\) eval_seedz; valid: .*did you mean 'eval_seeds'"),
+    (["source.supervised.epoch=1"], r"source.supervised.epoch.*did you mean 'source.supervised.epochs'"),
+    (["methods.tent.settings.lrr=1"], r"methods.tent.settings.lrr.*did you mean 'methods.tent.settings.lr'"),
+    (["batch_size=big"], "batch_size: expected an integer, got 'big'"),
+    (["severities=[7]"], "each severity must be 1..5"),
+    (["methods={}"], "zero cells"),
+    (["eval_seeds=[]"], "zero cells"),
+    (["heldout=[contrast]"], r"\['contrast'\] are test corruptions"),
+    (["methods.tent.method=tentt"], "unknown method 'tentt'"),
+])
+def test_bad_bench_config_fails_before_any_work(tmp_path, capsys, sets, match):
+    argv = ["bench", "tiny", "--run-dir", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_grid_refuses_a_store_of_another_version_and_leaves_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    ResultStore.open(run, create=True).close()
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    con.close()
+    before = (run / "results.sqlite").read_bytes()
+    assert main(["bench", "tiny", "--run-dir", str(run)]) == 2
+    assert "schema version 99" in capsys.readouterr().err
+    assert (run / "results.sqlite").read_bytes() == before
+    assert not (run / "supervised.safetensors").exists()
+
+
+def test_flags_of_the_preset_mode_are_refused_with_a_config(tmp_path, capsys):
+    assert main(["bench", "tiny", "--methods", "tent", "--run-dir", str(tmp_path)]) == 2
+    assert "--methods: not with a bench CONFIG" in capsys.readouterr().err
+    assert main(["bench", "no-such-grid.yaml", "--run-dir", str(tmp_path)]) == 2
+    assert "no such file, nor a shipped bench config" in capsys.readouterr().err
