@@ -9,8 +9,8 @@ docs/benchmark.md)::
 methods x protocols x corruptions x severities x eval seeds, hyperparameters chosen on the held-out
 corruptions; every cell (accuracy and cost) goes to ``<run-dir>/results.sqlite`` as soon as it is
 measured (the run dir defaults to ``runs/<source preset name>``, where ``testtime train`` / ``testtime
-cta`` put that preset's checkpoints, which are reused): run the same command again to resume; ``--shard i/n`` splits the grid between jobs;
-``testtime report RUN_DIR`` makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
+cta`` put that preset's checkpoints, which are reused): run the same command again to resume;
+``--shard i/n`` splits the grid between jobs; ``testtime report RUN_DIR`` makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
 
 The baselines on a preset (flags only; results in ``bench-<protocol>.json``)::
 
