@@ -9,11 +9,18 @@ Examples::
 Presets are YAML files shipped in ``testtime/configs`` (``--preset NAME``) or given as a path
 (``--config FILE``); ``--set key=value`` overrides any field (dotted path; the value is YAML).
 Every run writes its resolved config, seed, versions and device to ``<run-dir>/config.json``.
+
+Data parallel (see :mod:`testtime.train.distributed`): the same command under ``torchrun`` trains
+every stage on N processes (gloo on CPU, nccl on CUDA, one GPU per process), ``batch_size`` being
+the global batch; only rank 0 logs and writes, and ``cta`` evaluates on rank 0::
+
+    torchrun --standalone --nproc_per_node 2 -m testtime.cli train supervised --preset fmnist-cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -122,46 +129,86 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace):
+    """The config and run directory; under torchrun also the process group (and this rank's device)."""
+    from testtime.train.distributed import init_from_env
+
     cfg = load_config(args.preset, args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    try:
+        device = init_from_env(cfg.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if device != cfg.device:
+        cfg = dataclasses.replace(cfg, device=device)
     return cfg, run_dir
 
 
+def _start(args: argparse.Namespace, cfg: Any, run_dir: Path):
+    """Rank 0 writes config.json; the logger (None on other ranks and with --quiet)."""
+    from testtime.train.distributed import barrier, is_main
+
+    if is_main():
+        write_run_config(run_dir, cfg, sys.argv[1:])
+    barrier()
+    return None if args.quiet or not is_main() else print
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from testtime.train.distributed import shutdown
+
+    try:
+        return _run_train(args)
+    finally:
+        shutdown()
+
+
+def run_cta(args: argparse.Namespace) -> int:
+    from testtime.train.distributed import shutdown
+
+    try:
+        return _run_cta(args)
+    finally:
+        shutdown()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from testtime.train.distributed import is_main
     from testtime.train.peer_stages import PEER_STAGES
     from testtime.train.pipeline import load_data, run_stages
 
     cfg, run_dir = _prepare(args)
     data = load_data(cfg.data)
-    write_run_config(run_dir, cfg, sys.argv[1:])
-    log = None if args.quiet else print
+    log = _start(args, cfg, run_dir)
+    say = print if is_main() else (lambda _: None)
     if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
         from testtime.train.ttt_stages import train_aux_stage
 
         train_aux_stage(cfg, run_dir, data, args.stage, log=log)
-        print(f"{args.stage}: {run_dir / args.stage}")
+        say(f"{args.stage}: {run_dir / args.stage}")
         return 0
     if args.stage in PEER_STAGES:  # the CTA paper's peers with layer heads: same trainer, their heads
         from testtime.train.peer_stages import train_peer_stage
 
         train_peer_stage(cfg, run_dir, data, args.stage, log=log)
-        print(f"{args.stage}: {run_dir / args.stage}")
+        say(f"{args.stage}: {run_dir / args.stage}")
         return 0
     models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)
     fitres = models.fits[args.stage]
-    print(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
+    say(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
     return 0
 
 
-def run_cta(args: argparse.Namespace) -> int:
+def _run_cta(args: argparse.Namespace) -> int:
+    from testtime.train.distributed import is_main
     from testtime.train.pipeline import evaluate_pipeline, load_data, results_table, run_stages
 
     cfg, run_dir = _prepare(args)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
-    write_run_config(run_dir, cfg, sys.argv[1:])
-    log = None if args.quiet else print
+    log = _start(args, cfg, run_dir)
     models = run_stages(cfg, run_dir, data, log=log)
+    if not is_main():  # evaluation runs on rank 0 only
+        return 0
     print(f"stages done in {time.perf_counter() - t0:.0f}s; checkpoints in {run_dir}", flush=True)
     if args.stages_only:
         return 0

@@ -47,6 +47,7 @@ from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
 from testtime.train.checkpoint import _atomic_write, environment, save_modules
+from testtime.train.distributed import is_main
 from testtime.train.objectives import (
     AlignObjective,
     AlignWeights,
@@ -412,7 +413,8 @@ def run_stages(
             "through_projector": True,
             "method": "cta",
         }
-        save_modules(run_dir / "cta", {"encoder": g, "projector": pi, "head": sup.fc}, bundle_meta)
+        if is_main():  # one writer under torchrun
+            save_modules(run_dir / "cta", {"encoder": g, "projector": pi, "head": sup.fc}, bundle_meta)
     if "probe" in need:
         assert m.ssl is not None
         feats = nn.Sequential(copy.deepcopy(m.ssl.encoder), copy.deepcopy(m.ssl.projector))
