@@ -11,7 +11,9 @@ too. Only the parameters (a few numbers per image) are drawn for the whole batch
 transformed for the local rows only.
 
 A transform called on a batch whose size is not ``hi - lo`` (e.g. on a concatenation of views)
-draws for that batch as it is, on every process alike. Outside the context nothing changes.
+draws for that batch as it is, on every process alike, and so do draws an objective makes itself
+(nc-ttt's feature noise): every rank then gets the same values for its own images. Outside the
+context nothing changes.
 
 Example::
 
