@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import time
 import types
 import typing
@@ -57,6 +58,7 @@ from testtime.train.objectives import (
 )
 from testtime.train.trainer import FitResult, TrainConfig, fit
 
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a plain file name: runs/<name> stays in runs/
 STAGES = ("supervised", "ssl", "align", "probe", "joint")
 HELDOUT_4 = CORRUPTIONS_EXTRA  # the 4 held-out corruptions, for choosing hyperparameters
 
@@ -154,6 +156,11 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name) or set(self.name) == {"."}:
+            raise ValueError(
+                f"name must be a plain name (letters, digits, '.', '_', '-'; no '/', no '..'), got {self.name!r}; "
+                "it becomes the default run directory runs/<name>"
+            )
         if self.ssl.init not in ("supervised", "scratch"):
             raise ValueError(f"ssl.init must be 'supervised' or 'scratch', got {self.ssl.init!r}")
         if self.ssl.pi_init not in ("identity", "random"):
