@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from testtime.bench.protocols import get_protocol
+from testtime.bench.protocols import Protocol, get_protocol
 from testtime.bench.runner import evaluate, to_float_batch
 from testtime.methods import METHODS, create_method
 
@@ -41,6 +41,15 @@ AUX_METHODS = {"ttt": "ttt", "ttt++": "ttt++"}
 def source_batches(images: np.ndarray, batch_size: int, device: str = "cpu"):
     for s in range(0, len(images), batch_size):
         yield to_float_batch(images[s : s + batch_size], device)
+
+
+def resolve_protocol(cfg: Any, protocol: str | None, batch_size: int | None, order: str | None) -> Protocol:
+    """The protocol of a bench run: ``protocol`` (default ``cfg.ttt.protocol``) with the preset's test-time
+    batch size, unless the protocol fixes its own (``single-sample``: 1) or ``batch_size`` is given."""
+    name = protocol or cfg.ttt.protocol
+    fixed = get_protocol(name).fixed_batch_size
+    bs = batch_size if batch_size is not None else (fixed or cfg.ttt.batch_size)
+    return get_protocol(name, batch_size=bs, seed=cfg.ttt.seed, order=order)
 
 
 def run_methods(
@@ -73,8 +82,7 @@ def run_methods(
     bad = [m for m in methods if m in PIPELINE_METHODS]
     if bad:
         raise ValueError(f"methods: {bad} are evaluated by `testtime cta` (they need the CTA stages), not here")
-    proto = get_protocol(protocol or cfg.ttt.protocol, batch_size=batch_size or cfg.ttt.batch_size, seed=cfg.ttt.seed,
-                         order=order)
+    proto = resolve_protocol(cfg, protocol, batch_size, order)
     for name in methods:
         need = METHODS.get(name).requirements.min_batch_size
         if proto.batch_size < need:
