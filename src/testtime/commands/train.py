@@ -59,11 +59,29 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
     return config_from_dict(PipelineConfig, values)
 
 
-def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
+def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> Path:
+    """Record the run in ``<run_dir>/config.json``, which is never overwritten by another config.
+
+    The first run of a directory writes it; a later run with the same config leaves it as it is; a run
+    with another config writes ``config-<UTC time>.json`` beside it (its checkpoints are checked against
+    the settings that produced them before any reuse, see :func:`testtime.train.pipeline.check_reuse`).
+    """
     from testtime.train.checkpoint import _atomic_write, environment
     from testtime.train.pipeline import config_to_dict
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    mine = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    if path.is_file():
+        try:
+            prev = json.loads(path.read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            prev = None
+        if prev == mine:
+            return path
+        path = run_dir / f"config-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+        print(f"note: {run_dir / 'config.json'} records another config; this run's goes to {path.name}",
+              file=sys.stderr)
     info = {
         "command": "testtime " + " ".join(argv),
         "config": config_to_dict(cfg),
@@ -72,7 +90,8 @@ def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
         "environment": environment(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
-    _atomic_write(run_dir / "config.json", json.dumps(info, indent=2).encode())
+    _atomic_write(path, json.dumps(info, indent=2).encode())
+    return path
 
 
 def _common(p: argparse.ArgumentParser) -> None:

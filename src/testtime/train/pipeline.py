@@ -306,7 +306,62 @@ def _meta(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         "stage_config": _stage_cfg(cfg, stage),
         "seed": cfg.seed,
         "device": cfg.device,
+        **_source_settings(cfg),
+        "threads": torch.get_num_threads(),
     }
+
+
+def _source_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings (besides the stage's own) that a stage's weights depend on: its checkpoint is reused
+    only when they match (:func:`check_reuse`)."""
+    d = cfg.data
+    return {
+        "data_config": {"dataset": d.dataset, "train_split": d.train_split, "train_per_class": d.train_per_class,
+                        "seed": d.seed},
+        "model_config": config_to_dict(cfg.model),
+    }
+
+
+def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSplit) -> None:
+    """Refuse to reuse ``<run_dir>/<stage>`` (final or resume checkpoint) trained on other data or model
+    settings, and to resume with another thread count (the weights would match no uninterrupted run)."""
+    from testtime.train.checkpoint import checkpoint_exists, read_meta
+
+    want = {**_source_settings(cfg), "seed": cfg.seed, "arch": cfg.model.arch,
+            "train_set": {"name": train.name, "size": len(train)}}
+    for path in (run_dir / stage, run_dir / f"{stage}.resume"):
+        if not checkpoint_exists(path):
+            continue
+        side = read_meta(path)
+        old = side.get("meta", {})
+        diff = [k for k, v in want.items() if k in old and old[k] != json.loads(json.dumps(v))]
+        if diff:
+            raise ValueError(
+                f"{path}.safetensors was trained with other settings ({', '.join(diff)}: {old[diff[0]]} here "
+                f"{want[diff[0]]}); use another --run-dir or delete it to retrain"
+            )
+        if path.name.endswith(".resume"):
+            then = int(old.get("threads", side.get("environment", {}).get("cpu_threads", 0)) or 0)
+            if then and then != torch.get_num_threads():
+                raise ValueError(
+                    f"{path}.safetensors was written with {then} CPU threads and this run uses "
+                    f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
+                    f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
+                )
+
+
+def apply_threads(cfg: PipelineConfig, log: Logger | None = print) -> int:
+    """``torch.set_num_threads(cfg.threads)`` when set, saying so when it overrides ``$OMP_NUM_THREADS``.
+
+    Results on CPU depend (in the last digits) on the thread count; it is recorded with every checkpoint.
+    """
+    if cfg.threads:
+        env = os.environ.get("OMP_NUM_THREADS")
+        if env and env.strip() != str(cfg.threads) and log:
+            log(f"threads={cfg.threads} from the config overrides OMP_NUM_THREADS={env} "
+                "(pass --set threads=null to follow OMP_NUM_THREADS)")
+        torch.set_num_threads(cfg.threads)
+    return torch.get_num_threads()
 
 
 def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
@@ -352,8 +407,7 @@ def run_stages(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg, log)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = data.train if isinstance(data, PipelineData) else data
@@ -362,6 +416,9 @@ def run_stages(
         need.add("ssl")
     if need & {"ssl", "align", "joint"}:
         need.add("supervised")
+    for stage in STAGES:  # every checkpoint that may be loaded is checked before any training
+        if stage in need or stage == "supervised":
+            check_reuse(cfg, run_dir, stage, train)
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
