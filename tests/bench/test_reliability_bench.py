@@ -24,3 +24,35 @@ def test_single_sample_with_another_batch_size_is_an_error():
     cfg = load_config("demo", None, [])
     with pytest.raises(ValueError, match="single-sample"):
         resolve_protocol(cfg, "single-sample", 10, None)
+
+
+@pytest.mark.parametrize("items,match", [
+    (["tent.lr=abc"], "tent.lr: expected a number, got 'abc'"),
+    (["tent.lr=0"], "tent.lr must be > 0"),
+    (["tent.steps=-1"], "tent.steps must be >= 1"),
+    (["tent.bogus=1"], "unknown key.*tent.bogus"),
+    (["tent.momentum=3"], "tent.momentum must be >= 0 and <= 1"),
+    (["eata.lr=1e-3"], "--method-set for eata, which is not in the methods run"),
+])  # fmt: skip
+def test_method_set_is_checked_before_any_work(tmp_path, monkeypatch, capsys, items, match):
+    from testtime.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "--preset", "demo", "--methods", "tent", "--run-dir", str(tmp_path / "r")]
+    for it in items:
+        argv += ["--method-set", it]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("testtime bench: error:")
+    import re
+
+    assert re.search(match, err[0]), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bench_single_sample_with_a_batch_size_is_one_line(tmp_path, capsys):
+    from testtime.cli import main
+
+    rc = main(["bench", "--preset", "demo", "--methods", "bn", "--protocol", "single-sample", "--batch-size", "8",
+               "--run-dir", str(tmp_path / "r")])
+    assert rc == 2 and "batch_size 1 by definition" in capsys.readouterr().err

@@ -28,3 +28,54 @@ def test_config_file_with_an_absolute_name(tmp_path, capsys):
     assert main(["train", "supervised", "--config", str(cfg)]) == 2
     assert "name must be a plain name" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("data.test_per_class=-1", "data.test_per_class must be >= 1, got -1"),
+    ("data.train_per_class=0", "data.train_per_class must be >= 1"),
+    ("ttt.steps=-1", "ttt.steps must be >= 1, got -1"),
+    ("ttt.lr=0", "ttt.lr must be > 0"),
+    ("ttt.lr=.nan", "ttt.lr must be > 0"),
+    ("ttt.tau=0", "ttt.tau must be > 0"),
+    ("ttt.protocol=nope", "ttt.protocol: unknown name"),
+    ("ttt.bn=nope", "ttt.bn: unknown name"),
+    ("threads=0", "threads must be >= 1"),
+    ("threads=-2", "threads must be >= 1"),
+    ("seed=-1", "seed must be >= 0"),
+    ("device=nosuch", "device: not a torch device: 'nosuch'"),
+    ("eval.corruptions=[nosuch]", "eval.corruptions: unknown name.*'nosuch'"),
+    ("eval.corruptions=[]", "eval.corruptions: at least one"),
+    ("eval.params=nosuch", "eval.params: unknown name.*'nosuch'"),
+    ("eval.rows=[nope]", "eval.rows: unknown name"),
+    ("model.arch=resnet9000", "model.arch: unknown name"),
+    ("a=[", "--set a: cannot read the value '\\[' as YAML"),
+    ("=3", "--set: expected a dotted key"),
+])  # fmt: skip
+def test_degenerate_values_fail_in_one_line(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("demo", None, [override])
+
+
+@pytest.mark.parametrize("command", [["demo"], ["train", "supervised", "--preset", "demo"], ["cta", "--preset", "demo"],
+                                     ["bench", "--preset", "demo", "--methods", "source"]])
+@pytest.mark.parametrize("override,match", [
+    ("a=[", "cannot read the value"),
+    ("eval.corruptions=[nosuch]", "eval.corruptions"),
+    ("eval.params=imagenet", "too small for parameter set 'imagenet'"),  # only known once the data is read
+])  # fmt: skip
+def test_every_command_fails_in_one_line_before_training(tmp_path, monkeypatch, capsys, command, override, match):
+    monkeypatch.chdir(tmp_path)
+    extra = [] if command == ["demo"] else ["--run-dir", str(tmp_path / "run")]
+    assert main([*command, *extra, "--set", override, "--set", "data.train_per_class=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_cuda_without_cuda_is_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["train", "supervised", "--preset", "demo", "--set", "device=cuda"]) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err

@@ -89,11 +89,11 @@ def merge_previous(path: Path, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testtime.bench.grid import run_methods
+    from testtime.bench.grid import method_configs, resolve_protocol, run_methods
     from testtime.commands.train import load_config
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
-    from testtime.train.pipeline import config_to_dict, load_data, results_table
+    from testtime.train.pipeline import check_runnable, config_to_dict, load_data, results_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -103,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     overrides = parse_method_overrides(args.method_set)
+    order = None if args.order == "method" else args.order
     cfg = load_config(args.preset, args.config, args.overrides)
+    check_runnable(cfg)
+    method_configs(methods, overrides)  # every method's config and the protocol, checked before any work
+    resolve_protocol(cfg, args.protocol, args.batch_size, order)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
-    order = None if args.order == "method" else args.order
+    check_runnable(cfg, data)
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
                       order=order, method_overrides=overrides, log=None if args.quiet else print)
     out["command"] = "testtime " + " ".join(getattr(args, "argv", sys.argv[1:]))

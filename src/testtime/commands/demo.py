@@ -34,13 +34,21 @@ def run_demo(args: argparse.Namespace) -> int:
     from testtime.bench import evaluate, get_protocol
     from testtime.commands.train import load_config
     from testtime.methods import create_method
-    from testtime.train.pipeline import clean_accuracy, corrupted_domains, load_data, run_stages
+    from testtime.train.pipeline import (
+        check_runnable,
+        clean_accuracy,
+        corrupted_domains,
+        load_data,
+        run_stages,
+    )
 
     cfg = load_config("demo", None, args.overrides)
+    check_runnable(cfg)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="testtime-demo-") as tmp:
         run_dir = args.run_dir or tmp
         data = load_data(cfg.data)
+        check_runnable(cfg, data)
         print(
             f"Fashion-MNIST: {len(data.train)} training images, {len(data.test)} test images per corruption "
             f"({cfg.model.arch}, seed {cfg.seed})"

@@ -138,17 +138,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_cta)
 
 
-def _prepare(args: argparse.Namespace):
+def prepare(args: argparse.Namespace) -> tuple[Any, Path, Any]:
+    """The validated config, the run directory and the data, every check done before any training."""
+    from testtime.train.pipeline import check_runnable, load_data
+
     cfg = load_config(args.preset, args.config, args.overrides)
+    check_runnable(cfg)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    return cfg, run_dir
+    data = load_data(cfg.data)
+    check_runnable(cfg, data)
+    return cfg, run_dir, data
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from testtime.train.pipeline import load_data, run_stages
+    from testtime.train.pipeline import run_stages
 
-    cfg, run_dir = _prepare(args)
-    data = load_data(cfg.data)
+    cfg, run_dir, data = prepare(args)
     write_run_config(run_dir, cfg, sys.argv[1:])
     log = None if args.quiet else print
     if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
@@ -164,11 +169,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_cta(args: argparse.Namespace) -> int:
-    from testtime.train.pipeline import evaluate_pipeline, load_data, results_table, run_stages
+    from testtime.train.pipeline import evaluate_pipeline, results_table, run_stages
 
-    cfg, run_dir = _prepare(args)
     t0 = time.perf_counter()
-    data = load_data(cfg.data)
+    cfg, run_dir, data = prepare(args)
     write_run_config(run_dir, cfg, sys.argv[1:])
     log = None if args.quiet else print
     models = run_stages(cfg, run_dir, data, log=log)

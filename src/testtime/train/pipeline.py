@@ -63,6 +63,25 @@ STAGES = ("supervised", "ssl", "align", "probe", "joint")
 HELDOUT_4 = CORRUPTIONS_EXTRA  # the 4 held-out corruptions, for choosing hyperparameters
 
 
+def check_range(where: str, value: Any, *, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
+                none_ok: bool = False) -> None:
+    """Raise ``ValueError("<where> must be ...")`` unless ``value`` is a finite number in the range."""
+    if value is None and none_ok:
+        return
+    lo_txt = "" if lo is None else (f"> {lo:g}" if open_lo else f">= {lo:g}")
+    rng = " and ".join(t for t in (lo_txt, "" if hi is None else f"<= {hi:g}") if t) or "finite"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    ok = ok and (lo is None or (value > lo if open_lo else value >= lo)) and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(f"{where} must be {rng}{' (or null)' if none_ok else ''}, got {value!r}")
+
+
+def _check_names(where: str, names: Sequence[str], valid: Sequence[str]) -> None:
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise ValueError(f"{where}: unknown name(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the source and test images come from; every subset is seeded."""
@@ -77,11 +96,23 @@ class DataConfig:
     heldout_per_class: int = 26  # a disjoint seeded subset for the held-out corruptions
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_range("data.train_per_class", self.train_per_class, lo=1, none_ok=True)
+        check_range("data.test_per_class", self.test_per_class, lo=1)
+        check_range("data.heldout_per_class", self.heldout_per_class, lo=0)
+        check_range("data.seed", self.seed, lo=0)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet8"
     norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        from testtime.models import list_models
+
+        _check_names("model.arch", [self.arch], list_models())
+        _check_names("model.norm", [self.norm], ("batch", "group"))
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,27 @@ class TTTConfig:
     max_steps: int = 20  # the curve's length (Fig. 3)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from testtime.bench.protocols import list_protocols
+
+        check_range("ttt.lr", self.lr, lo=0, open_lo=True)
+        check_range("ttt.steps", self.steps, lo=1)
+        check_range("ttt.tau", self.tau, lo=0, open_lo=True)
+        check_range("ttt.max_steps", self.max_steps, lo=1)
+        check_range("ttt.seed", self.seed, lo=0)
+        _check_names("ttt.bn", [self.bn], ("batch", "source"))
+        _check_names("ttt.protocol", [self.protocol], list_protocols())
+        if self.select_on_heldout and not self.lr_candidates:
+            raise ValueError("ttt.lr_candidates: at least one learning rate is needed with ttt.select_on_heldout")
+        for i, c in enumerate(self.lr_candidates):
+            check_range(f"ttt.lr_candidates[{i}]", c, lo=0, open_lo=True)
+
+
+EVAL_ROWS = (
+    "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
+    "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -133,10 +185,18 @@ class EvalConfig:
     heldout: tuple[str, ...] = HELDOUT_4
     severity: int = 5
     params: str | None = None  # corruption parameter set; None = by image size (32 px: "cifar")
-    rows: tuple[str, ...] = (
-        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
-        "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
-    )  # fmt: skip
+    rows: tuple[str, ...] = EVAL_ROWS
+
+    def __post_init__(self) -> None:
+        from testtime.corruptions.params import PARAM_SETS
+
+        if not self.corruptions:
+            raise ValueError("eval.corruptions: at least one corruption is needed")
+        _check_names("eval.corruptions", self.corruptions, CORRUPTIONS_15 + CORRUPTIONS_EXTRA)
+        _check_names("eval.heldout", self.heldout, CORRUPTIONS_15 + CORRUPTIONS_EXTRA)
+        if self.params is not None:
+            _check_names("eval.params", [self.params], list(PARAM_SETS))
+        _check_names("eval.rows", self.rows, EVAL_ROWS)
 
 
 @dataclass(frozen=True)
@@ -171,6 +231,45 @@ class PipelineConfig:
             raise ValueError(f"ttt.batch_size must be >= 2 (NT-Xent needs negatives), got {self.ttt.batch_size}")
         if not 1 <= self.eval.severity <= 5:
             raise ValueError(f"eval.severity must be 1..5, got {self.eval.severity}")
+        check_range("seed", self.seed, lo=0)
+        check_range("threads", self.threads, lo=1, none_ok=True)
+        check_device("device", self.device, here=False)
+
+
+def check_device(where: str, device: str, *, here: bool = True) -> None:
+    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``); with ``here``, one this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{where}: not a torch device: {device!r} (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{where}: device type {dev.type!r} is not supported; use cpu, cuda or mps")
+    if not here:
+        return
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{where}: {device!r} asked but CUDA is not available here; use {where}=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{where}: {device!r} but only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{where}: 'mps' asked but MPS is not available here; use {where}=cpu")
+
+
+def check_runnable(cfg: PipelineConfig, data: PipelineData | None = None) -> None:
+    """What a valid config still needs on this machine and with its data, checked before any training:
+    the device exists here; the corruption parameter set suits the image size and every corruption."""
+    check_device("device", cfg.device)
+    if data is None:
+        return
+    from testtime.corruptions.core import check_feasible
+    from testtime.corruptions.params import resolve_params
+
+    h, w = data.test.image_size
+    try:
+        pset = resolve_params(cfg.eval.params, h, w)
+        for name in (*cfg.eval.corruptions, *(cfg.eval.heldout if cfg.ttt.select_on_heldout else ())):
+            check_feasible(name, pset, h, w)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"eval.params / eval.corruptions: {exc.args[0] if exc.args else exc}") from None
 
 
 # ----- typed configs from plain dicts (the CLI reads the YAML) ------------------------------------
@@ -246,7 +345,13 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        if not all(parts):
+            raise ValueError(f"--set: expected a dotted key such as ttt.lr, got {key!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"--set {key}: cannot read the value {raw!r} as YAML ({first})") from None
     return out
 
 
@@ -686,8 +791,6 @@ def evaluate_pipeline(
     out["rows"] = {}
     out["protocol"] = proto.describe("after")
     for row in cfg.eval.rows:
-        if row not in plan:
-            raise ValueError(f"eval.rows: unknown row {row!r}; valid: {', '.join(plan)}")
         name, mdl, over = plan[row]
         if mdl is None:
             continue
