@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def parse_corruptions(text: str) -> list[str]:
     return names
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list:
         for kind in ("benchmark", "extra"):
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.data import load_dataset
 
     torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up (workers, temporaries) as for Ctrl-C
     split = load_dataset(args.dataset, args.split, root=args.root)
     if args.limit is not None:
         split = split.take(np.arange(min(args.limit, len(split))))
