@@ -38,6 +38,7 @@ def load_bundle(path: str | os.PathLike) -> ProjectedClassifier:
     for key in ("arch", "num_classes", "in_chans", "feature_dim"):
         if key not in meta:
             raise ValueError(f"{path}: not a CTA bundle (its sidecar has no {key!r}); use <run_dir>/cta")
+    _check_bundle_meta(path, meta)
     base = create_model(meta["arch"], int(meta["num_classes"]), in_chans=int(meta["in_chans"]))
     bundle = ProjectedClassifier(
         base.encoder,
@@ -47,6 +48,19 @@ def load_bundle(path: str | os.PathLike) -> ProjectedClassifier:
     )
     load_modules(path, {"encoder": bundle.encoder, "projector": bundle.projector, "head": bundle.head})
     return bundle.eval()
+
+
+def _check_bundle_meta(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """The sidecar's sizes are used to build the model before its weights are read: bound them first,
+    so a tampered sidecar cannot ask for a huge allocation (the weights' sha256 is checked later)."""
+    from testtime.models import list_models
+
+    if meta["arch"] not in list_models():
+        raise ValueError(f"{path}: unknown arch {meta['arch']!r} in the sidecar; valid: {', '.join(list_models())}")
+    for key, lo, hi in (("num_classes", 2, 100_000), ("in_chans", 1, 3), ("feature_dim", 1, 65_536)):
+        v = meta[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{path}: the sidecar's {key} must be an integer in [{lo}, {hi}], got {v!r}")
 
 
 class Adapter:

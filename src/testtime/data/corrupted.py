@@ -54,12 +54,26 @@ def is_cifar_c_dir(folder: Path) -> bool:
     return (folder / "labels.npy").is_file() and any((folder / f"{c}.npy").is_file() for c in CORRUPTIONS_ALL)
 
 
+def check_npy_magic(path: Path) -> None:
+    """A DatasetError naming what ``path`` is when it is not a .npy file (empty, another format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    if not head:
+        raise DatasetError(f"{path}: empty file (0 bytes); write it again (testtime corrupt) or remove it")
+    if head != b"\x93NUMPY":
+        raise DatasetError(f"{path}: not a .npy file (it starts with {head!r}, not b'\\x93NUMPY')")
+
+
 def _open_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
+    check_npy_magic(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:  # bad header, object arrays (would need pickle), truncated data
+    except (ValueError, EOFError) as exc:  # bad header, object arrays (would need pickle), truncated data
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None

@@ -89,7 +89,7 @@ def decode_images(
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             if on_bad_file == "error":
                 raise DatasetError(f"cannot decode image {path}: {exc}") from None
             bad.append(str(path))
