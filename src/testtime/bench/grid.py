@@ -142,7 +142,9 @@ def run_methods(
             n = min(fisher_samples, len(data.train))
             rows = np.random.default_rng(cfg.seed).permutation(len(data.train))[:n]
             method.compute_fisher(source_batches(data.train.images[rows], proto.batch_size, dev))  # in the reset point
-        res = evaluate(method, domains, proto, device=dev)
+        if log:
+            log(f"[bench] {name}: {len(domains)} corruption(s) x {len(data.test)} images, {proto.describe()} ...")
+        res = evaluate(method, domains, proto, device=dev, log=log)
         row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict()}
         row["wall_s"] = time.perf_counter() - t0
         out["rows"][name] = row

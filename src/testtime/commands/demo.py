@@ -13,6 +13,8 @@ import copy
 import tempfile
 import time
 
+import torch
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a field of the demo preset, e.g. --set ttt.steps=10",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the results")
     p.set_defaults(func=run_demo)
 
 
@@ -35,6 +38,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from testtime.commands.train import load_config
     from testtime.methods import create_method
     from testtime.train.pipeline import (
+        apply_threads,
         check_runnable,
         clean_accuracy,
         corrupted_domains,
@@ -44,6 +48,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config("demo", None, args.overrides)
     check_runnable(cfg)
+    log = None if args.quiet else print
+    apply_threads(cfg, log)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="testtime-demo-") as tmp:
         run_dir = args.run_dir or tmp
@@ -51,9 +57,9 @@ def run_demo(args: argparse.Namespace) -> int:
         check_runnable(cfg, data)
         print(
             f"Fashion-MNIST: {len(data.train)} training images, {len(data.test)} test images per corruption "
-            f"({cfg.model.arch}, seed {cfg.seed})"
+            f"({cfg.model.arch}, seed {cfg.seed}, {torch.get_num_threads()} CPU threads: the last digits depend on it)"
         )
-        models = run_stages(cfg, run_dir, data, stages=("align",), log=None)
+        models = run_stages(cfg, run_dir, data, stages=("align",), log=log)
         assert models.supervised is not None and models.aligned is not None
         print(f"source training + alignment: {time.perf_counter() - t0:.0f}s")
         print(
@@ -61,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"aligned h(pi(g(x))) {clean_accuracy(models.aligned, data.test):.1f}%"
         )
         domains = corrupted_domains(
-            data.test, cfg.eval.corruptions, cfg.eval.severity, seed=cfg.seed, params=cfg.eval.params, log=None
+            data.test, cfg.eval.corruptions, cfg.eval.severity, seed=cfg.seed, params=cfg.eval.params, log=log
         )
         proto = get_protocol("episodic", batch_size=cfg.ttt.batch_size, seed=cfg.ttt.seed)
         t = cfg.ttt
@@ -77,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"severity {cfg.eval.severity}, {proto.describe('after')}")
         print(f"{'':34s}" + "".join(f"{n:>16s}" for n in names) + f"{'mean':>8s}")
         for label, method in rows.items():
-            r = evaluate(method, domains, proto)
+            r = evaluate(method, domains, proto, log=log)
             print(f"{label:34s}" + "".join(f"{r.accuracy(n):15.1f}%" for n in names) + f"{r.mean_accuracy:7.1f}%")
     print(f"demo done in {time.perf_counter() - t0:.0f}s")
     return 0

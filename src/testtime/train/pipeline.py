@@ -477,6 +477,22 @@ def _train_cfg(cfg: PipelineConfig, t: TrainConfig) -> TrainConfig:
     return dataclasses.replace(t, device=cfg.device, seed=cfg.seed if t.seed == 0 else t.seed)
 
 
+def _progress(stage: str, t: TrainConfig, train: ImageSplit, log: Logger | None) -> Callable[[int, dict], None]:
+    """A ``fit`` callback that prints the step and losses at most every ``PROGRESS_EVERY_S`` seconds
+    (the trainer's own lines come every ``log_every`` steps, which may be minutes apart on a CPU)."""
+    from testtime.bench.runner import Heartbeat
+
+    heart = Heartbeat(log)
+    total = max(1, int(round(t.epochs * (len(train) // t.batch_size))))
+
+    def on_step(step: int, logs: dict) -> None:
+        if (el := heart.due()) is not None and heart.log is not None:
+            vals = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            heart.log(f"[{stage}] step {step}/{total} {vals} ({el:.0f}s)")
+
+    return on_step
+
+
 def new_classifier(cfg: PipelineConfig, data: ImageSplit) -> nn.Module:
     torch.manual_seed(cfg.seed)
     return create_model(cfg.model.arch, data.num_classes, in_chans=data.channels, norm=cfg.model.norm)
@@ -533,6 +549,7 @@ def run_stages(
         run_dir,
         "supervised",
         meta=_meta(cfg, "supervised"),
+        on_step=_progress("supervised", cfg.supervised, train, log),
         log=log,
     )
     m.supervised = sup
@@ -551,6 +568,7 @@ def run_stages(
             run_dir,
             "ssl",
             meta=_meta(cfg, "ssl"),
+            on_step=_progress("ssl", cfg.ssl.train, train, log),
             log=log,
         )
         m.ssl = ProjectedClassifier(g, pi, sup.fc)
@@ -560,7 +578,8 @@ def run_stages(
         f = copy.deepcopy(sup.encoder)
         obj = AlignObjective(g, pi, f, sup.fc, cfg.align.weights)
         m.fits["align"] = fit(
-            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"), log=log
+            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"),
+            on_step=_progress("align", cfg.align.train, train, log), log=log,
         )
         m.aligned = ProjectedClassifier(g, pi, sup.fc)
         # the test-time bundle h(pi(g(.))) alone: f is not in it, so it is never loaded at test time
@@ -585,6 +604,7 @@ def run_stages(
             run_dir,
             "probe",
             meta=_meta(cfg, "probe"),
+            on_step=_progress("probe", cfg.probe.train, train, log),
             log=log,
         )
         m.probe = ProjectedClassifier(feats[0], feats[1], head)
@@ -597,7 +617,8 @@ def run_stages(
         pi_y = projector(d, identity=cfg.joint.init == "supervised")
         obj = JointObjective(base.encoder, base.fc, pi_y, tau=cfg.joint.tau, ssl_weight=cfg.joint.ssl_weight)
         m.fits["joint"] = fit(
-            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"), log=log
+            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"),
+            on_step=_progress("joint", cfg.joint.train, train, log), log=log,
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
     return m
@@ -665,20 +686,25 @@ def iteration_curve(
     bn: str = "batch",
     seed: int = 0,
     device: str = "cpu",
+    log: Logger | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy (%) per domain after 0..max_steps iterations per batch (episodic; the paper's Fig. 3).
 
     Iteration 0 is the bundle with test-batch BN statistics (``bn="batch"``) and no gradient step.
     """
     from testtime.bench import get_protocol
-    from testtime.bench.runner import to_float_batch
+    from testtime.bench.runner import Heartbeat, to_float_batch
     from testtime.methods import create_method
 
     m = create_method(method, copy.deepcopy(bundle), steps=1, lr=lr, tau=tau, bn=bn, seed=seed).to(device)
     proto = get_protocol("episodic", batch_size=batch_size, seed=seed)
     correct = {d.name: np.zeros(max_steps + 1) for d in domains}
     total = {d.name: 0 for d in domains}
-    for batch in proto.stream(domains):
+    heart = Heartbeat(log)
+    n_batches = sum(-(-len(d.labels) // batch_size) for d in domains)
+    for i, batch in enumerate(proto.stream(domains)):
+        if (t := heart.due()) is not None and heart.log is not None:
+            heart.log(f"[heldout] lr {lr:g}: batch {i}/{n_batches} ({t:.0f}s)")
         m.reset()
         x = to_float_batch(batch.images, device)
         for k in range(max_steps + 1):
@@ -739,6 +765,7 @@ def evaluate_pipeline(
                 bn=ttt.bn,
                 seed=ttt.seed,
                 device=dev,
+                log=log,
             )
             mean = np.mean([cur[n] for n in cur], axis=0)  # (max_steps + 1,)
             curves[str(cand)] = {"per_domain": cur, "mean": list(mean), "wall_s": time.perf_counter() - t0}
@@ -795,7 +822,9 @@ def evaluate_pipeline(
         if mdl is None:
             continue
         method = create_method(name, copy.deepcopy(mdl), **over)
-        res = evaluate(method, domains, proto, device=dev)
+        if log:
+            log(f"[eval] {row}: {name} on {len(domains)} corruption(s) x {len(data.test)} images ...")
+        res = evaluate(method, domains, proto, device=dev, log=log)
         out["rows"][row] = {"method": name, "settings": over, **res.to_dict()}
         if log:
             log(
