@@ -103,3 +103,27 @@ def test_a_valid_cifar_pickle_of_any_protocol_is_read(tmp_path, protocol):
     path.write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2], b"batch_label": b"x"}, protocol=protocol))
     d = safe_unpickle(path)
     assert np.array_equal(d["data"], data) and d["labels"] == [1, 2]
+
+
+def test_missing_labels_npy_is_named(tmp_path):
+    _cifar_c(tmp_path)
+    (tmp_path / "labels.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="labels.npy is missing beside fog.npy"):
+        load_dataset("cifar10-c", root=tmp_path, corruption="fog", severity=1)
+
+
+@pytest.mark.parametrize("entry", ["../../escape.JPEG", "sub/val_0.JPEG", ".."])
+def test_tiny_imagenet_annotations_with_paths_are_refused(tmp_path, entry):
+    from testtime.data.corrupted import load_tiny_imagenet
+
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    (tmp_path / "wnids.txt").write_text("n01\nn02\n")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "escape.JPEG")
+    (tmp_path / "val" / "val_annotations.txt").write_text(f"{entry}\tn01\t0\t0\t1\t1\n")
+    with pytest.raises(DatasetError, match="is not a plain file name"):
+        load_tiny_imagenet(tmp_path, "val", cache=False)
+
+
+def test_not_found_message_names_the_command_line_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--root on the command line"):
+        load_dataset("cifar10", root=None)

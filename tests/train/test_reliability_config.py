@@ -79,3 +79,34 @@ def test_cuda_without_cuda_is_one_line(capsys):
         pytest.skip("CUDA is available here")
     assert main(["train", "supervised", "--preset", "demo", "--set", "device=cuda"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
+
+
+def test_config_file_messages(tmp_path):
+    from testtime.cli import UserError
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n# nothing\n")
+    with pytest.raises(UserError, match="empty.yaml: the file is empty"):
+        load_config(None, str(empty), [])
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError, match="bin.yaml: not a UTF-8 text"):
+        load_config(None, str(binary), [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ttt:\n  steps: many\n")
+    with pytest.raises(UserError, match="--config .*bad.yaml .*ttt.steps: expected an integer"):
+        load_config(None, str(bad), [])
+
+
+def test_data_messages_name_the_key():
+    import numpy as np
+
+    from testtime.train.pipeline import DataConfig, load_data, per_class_rows
+
+    with pytest.raises(ValueError, match="data.test_per_class=5: class 0 has only 3"):
+        per_class_rows(np.zeros(3, dtype=np.int64), 5, 0, where="data.test_per_class")
+    with pytest.raises(ValueError, match=r"--set data.root=/path or the environment variable \$X") as e:
+        load_data(DataConfig(root_env="X"))
+    assert "$None" not in str(e.value)
+    with pytest.raises(ValueError, match=r"needs its folder: --set data.root=/path$"):
+        load_data(DataConfig(root_env=None))

@@ -42,7 +42,10 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
         path = Path(config)
         if not path.is_file():
             raise UserError(f"--config: file not found: {config}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise UserError(f"--config {config}: not a UTF-8 text (YAML) file") from None
     elif preset:
         if preset not in list_presets():
             raise UserError(f"--preset: unknown preset {preset!r}; valid: {', '.join(list_presets())}")
@@ -50,13 +53,21 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
     else:
         text = "{}"
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{config or preset}: invalid YAML ({str(exc).splitlines()[0]})") from exc
+    if values is None and config:
+        raise UserError(f"--config {config}: the file is empty (give a preset's fields, or use --preset)")
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise UserError(f"{config or preset}: expected a mapping at the top level")
     values = apply_overrides(values, overrides)
-    return config_from_dict(PipelineConfig, values)
+    try:
+        return config_from_dict(PipelineConfig, values)
+    except ValueError as exc:
+        if config:  # name the file: the value may come from it
+            raise UserError(f"--config {config} (with --set overrides): {exc}") from None
+        raise
 
 
 def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> Path:

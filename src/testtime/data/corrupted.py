@@ -51,7 +51,8 @@ def _check_c_kw(split: str, corruption: Any = None, severity: Any = 5, **_: Any)
 
 
 def is_cifar_c_dir(folder: Path) -> bool:
-    return (folder / "labels.npy").is_file() and any((folder / f"{c}.npy").is_file() for c in CORRUPTIONS_ALL)
+    """A folder with a ``<corruption>.npy`` (its ``labels.npy`` is checked by the loader, with a clear error)."""
+    return any((folder / f"{c}.npy").is_file() for c in CORRUPTIONS_ALL)
 
 
 def check_npy_magic(path: Path) -> None:
@@ -94,6 +95,8 @@ def load_cifar_c(
         present = sorted(p.stem for p in folder.glob("*.npy") if p.stem in CORRUPTIONS_ALL)
         raise FileNotFoundError(f"{path} not found; corruptions present in {folder}: {', '.join(present) or 'none'}")
     data = _open_npy(path)
+    if not (folder / "labels.npy").is_file():
+        raise FileNotFoundError(f"{folder / 'labels.npy'} is missing beside {path.name} (the release ships both)")
     labels = _open_npy(folder / "labels.npy")
     if data.dtype != np.uint8 or data.ndim != 4 or data.shape[3] != 3:
         raise DatasetError(f"{path}: expected uint8 (N, H, W, 3), got {data.dtype} {data.shape}")
@@ -182,7 +185,10 @@ def load_tiny_imagenet(
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in label_of:
                 raise DatasetError(f"{ann}:{n}: expected '<file>\\t<wnid>\\t...' with a wnid of wnids.txt")
-            path = folder / "val" / "images" / parts[0]
+            fname = parts[0]
+            if not fname or fname != Path(fname).name or fname in (".", ".."):  # no '../', no sub-paths
+                raise DatasetError(f"{ann}:{n}: {fname!r} is not a plain file name in val/images/")
+            path = folder / "val" / "images" / fname
             try:
                 st = path.stat()
             except OSError:
