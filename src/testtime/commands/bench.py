@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from testtime.cli import UserError
+from testtime.commands import plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from testtime.bench.protocols import list_protocols
 
     p = subparsers.add_parser("bench", help="evaluate baselines on a preset's corrupted test subset",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     from testtime.commands.train import _common
 
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`

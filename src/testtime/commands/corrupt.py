@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
 import torch
 
 from testtime.cli import UserError
+from testtime.commands import interrupt_on_sigterm
 from testtime.corruptions import PARAM_SETS, check_name, list_corruptions
 
 
@@ -59,10 +59,6 @@ def parse_corruptions(text: str) -> list[str]:
                 f"valid: all, benchmark, extra, {', '.join(list_corruptions())}"
             ) from None
     return names
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.data import load_dataset
 
     torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up (workers, temporaries) as for Ctrl-C
+    interrupt_on_sigterm()  # clean up (workers, temporaries) as for Ctrl-C
     split = load_dataset(args.dataset, args.split, root=args.root)
     if args.limit is not None:
         split = split.take(np.arange(min(args.limit, len(split))))

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from testtime.commands import interrupt_on_sigterm, plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="a tiny CTA run on Fashion-MNIST: accuracy before / after TTT", description=__doc__
+        "demo", help="a tiny CTA run on Fashion-MNIST: accuracy before / after TTT", description=plain(__doc__)
     )
     p.add_argument("--run-dir", help="keep checkpoints here (default: a temporary folder)")
     p.add_argument(
@@ -31,6 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the results")
     p.set_defaults(func=run_demo)
+
+
+DEMO_PREFIX = "testtime-demo-"
+
+
+def remove_stale_demo_dirs(tmp: str | None = None) -> list[str]:
+    """Remove ``testtime-demo-<pid>-*`` temporary folders whose process is gone (a demo killed with -9)."""
+    removed = []
+    base = Path(tmp or tempfile.gettempdir())
+    for d in base.glob(f"{DEMO_PREFIX}*-*"):
+        pid = d.name[len(DEMO_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+        except (PermissionError, OverflowError, OSError):
+            continue  # another user's process, or not a pid
+    return removed
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -51,7 +78,9 @@ def run_demo(args: argparse.Namespace) -> int:
     log = None if args.quiet else print
     apply_threads(cfg, log)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="testtime-demo-") as tmp:
+    interrupt_on_sigterm()  # `kill` removes the temporary folder too
+    remove_stale_demo_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{DEMO_PREFIX}{os.getpid()}-") as tmp:
         run_dir = args.run_dir or tmp
         data = load_data(cfg.data)
         check_runnable(cfg, data)

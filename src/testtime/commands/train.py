@@ -22,6 +22,29 @@ from pathlib import Path
 from typing import Any
 
 from testtime.cli import UserError
+from testtime.commands import plain
+
+TRAIN_DESCRIPTION = """Train one source-time stage of CTA, after the stages it needs (loaded when their
+checkpoints exist): supervised h(f(x)) (CE), ssl pi(g(x)) (NT-Xent), align (Eq. 4), probe (a linear
+classifier on the SSL features, CTA-C), joint (the Y model), or the ttt / ttt++ baselines' joint training.
+
+Example::
+
+    testtime train align --preset cifar10-cpu --set data.root=/data/cifar10-jpeg --run-dir runs/a
+"""
+CTA_DESCRIPTION = """CTA end to end: every source-time stage (supervised, ssl, align, probe, joint; those with
+checkpoints are loaded), then the test-time learning rate and steps chosen on the held-out corruptions, then
+every row (source, BN, CTA, CTA-C, Y model) on the corrupted test subset; results in <run-dir>/results.json.
+
+Example::
+
+    testtime cta --preset cifar10-cpu --run-dir runs/cifar10-cpu
+"""
+COMMON_TEXT = """
+Presets are YAML files shipped with testtime (--preset NAME) or given as a path (--config FILE);
+--set key=value overrides any field (dotted path; the value is YAML). Every run records its resolved
+config in <run-dir>/config.json (another config later goes to config-<time>.json).
+"""
 
 
 def list_presets() -> list[str]:
@@ -126,7 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="run one source-time stage of CTA (and its prerequisites)",
-        description=__doc__,
+        description=plain(TRAIN_DESCRIPTION + COMMON_TEXT),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from testtime.train.ttt_stages import AUX_STAGES
@@ -141,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "cta",
         help="CTA end to end: every stage, then evaluation on corruptions",
-        description=__doc__,
+        description=plain(CTA_DESCRIPTION + COMMON_TEXT),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(q)
