@@ -110,3 +110,10 @@ def test_data_messages_name_the_key():
     assert "$None" not in str(e.value)
     with pytest.raises(ValueError, match=r"needs its folder: --set data.root=/path$"):
         load_data(DataConfig(root_env=None))
+
+
+def test_section_checks_name_their_section_and_protocol_fits_the_batch():
+    with pytest.raises(ValueError, match="^supervised: batch_size must be >= 2"):
+        load_config("demo", None, ["supervised.batch_size=1"])
+    with pytest.raises(ValueError, match="ttt.protocol / ttt.batch_size: protocol 'single-sample' has batch_size 1"):
+        load_config("demo", None, ["ttt.protocol=single-sample"])

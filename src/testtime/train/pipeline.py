@@ -158,7 +158,7 @@ class TTTConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from testtime.bench.protocols import list_protocols
+        from testtime.bench.protocols import get_protocol, list_protocols
 
         check_range("ttt.lr", self.lr, lo=0, open_lo=True)
         check_range("ttt.steps", self.steps, lo=1)
@@ -167,6 +167,10 @@ class TTTConfig:
         check_range("ttt.seed", self.seed, lo=0)
         _check_names("ttt.bn", [self.bn], ("batch", "source"))
         _check_names("ttt.protocol", [self.protocol], list_protocols())
+        try:  # the protocol with this batch size (single-sample fixes its own: 1)
+            get_protocol(self.protocol, batch_size=self.batch_size, seed=self.seed)
+        except ValueError as exc:
+            raise ValueError(f"ttt.protocol / ttt.batch_size: {exc}") from None
         if self.select_on_heldout and not self.lr_candidates:
             raise ValueError("ttt.lr_candidates: at least one learning rate is needed with ttt.select_on_heldout")
         for i, c in enumerate(self.lr_candidates):
@@ -327,7 +331,13 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
             f"valid: {', '.join(names)}"
         )
     kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own check (TrainConfig, ...): name the section
+        msg = str(exc)
+        if where and not msg.startswith(where):
+            raise ValueError(f"{where}: {msg}") from None
+        raise
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
