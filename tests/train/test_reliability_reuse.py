@@ -32,7 +32,8 @@ def test_finished_checkpoint_of_other_data_settings_is_refused(tmp_path):
     msgs = []
     run_stages(_cfg(train_per_class=16), tmp_path, _split(), stages=("supervised",), log=msgs.append)
     assert any("final checkpoint exists, loaded" in m for m in msgs)  # same settings: reused
-    with pytest.raises(ValueError, match=r"supervised.safetensors was trained with other settings \(data_config"):
+    changed = r"supervised.safetensors was trained with other settings: data_config.train_per_class was 16, now 8"
+    with pytest.raises(ValueError, match=changed):
         run_stages(_cfg(train_per_class=8), tmp_path, _split(), stages=("supervised",), log=None)
     with pytest.raises(ValueError, match="train_set"):  # the same config, another training set
         run_stages(_cfg(train_per_class=16), tmp_path, _split(48), stages=("supervised",), log=None)
@@ -68,3 +69,22 @@ def test_config_json_is_not_overwritten_by_another_config(tmp_path):
     other = write_run_config(tmp_path, _cfg(train_per_class=8), ["train"])
     assert other != first and other.name.startswith("config-") and first.read_text() == text
     assert json.loads(other.read_text())["config"]["data"]["train_per_class"] == 8
+
+
+FMNIST = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
+CLI_TINY = ["--preset", "demo", "--set", "data.test_per_class=3", "--set", "supervised.epochs=1",
+        "--set", "supervised.batch_size=32", "--set", "threads=1", "--quiet"]
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(FMNIST), reason="Fashion-MNIST (Debian package) not installed")
+def test_cli_rerun_with_other_data_fails_before_writing_anything(tmp_path, capsys):
+    from testtime.cli import main
+
+    run = ["train", "supervised", *CLI_TINY, "--run-dir", str(tmp_path)]
+    assert main([*run, "--set", "data.train_per_class=12"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert main([*run, "--set", "data.train_per_class=13"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data_config.train_per_class was 12, now 13" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # config.json untouched too

@@ -172,22 +172,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_cta)
 
 
-def prepare(args: argparse.Namespace) -> tuple[Any, Path, Any]:
-    """The validated config, the run directory and the data, every check done before any training."""
-    from testtime.train.pipeline import check_runnable, load_data
+def prepare(args: argparse.Namespace, stages: tuple[str, ...]) -> tuple[Any, Path, Any]:
+    """The validated config, the run directory and the data, every check done before any training or writing:
+    the config, the device, the data, and the checkpoints of ``stages`` already in the run directory."""
+    from testtime.train.pipeline import check_run_dir, check_runnable, load_data
 
     cfg = load_config(args.preset, args.config, args.overrides)
     check_runnable(cfg)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     data = load_data(cfg.data)
     check_runnable(cfg, data)
+    check_run_dir(cfg, run_dir, data.train, stages)
     return cfg, run_dir, data
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from testtime.train.pipeline import run_stages
+    from testtime.train.pipeline import STAGES, run_stages
 
-    cfg, run_dir, data = prepare(args)
+    cfg, run_dir, data = prepare(args, (args.stage,) if args.stage in STAGES else ("supervised",))
     write_run_config(run_dir, cfg, sys.argv[1:])
     log = None if args.quiet else print
     if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
@@ -203,10 +205,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_cta(args: argparse.Namespace) -> int:
-    from testtime.train.pipeline import evaluate_pipeline, results_table, run_stages
+    from testtime.train.pipeline import STAGES, evaluate_pipeline, results_table, run_stages
 
     t0 = time.perf_counter()
-    cfg, run_dir, data = prepare(args)
+    cfg, run_dir, data = prepare(args, STAGES)
     write_run_config(run_dir, cfg, sys.argv[1:])
     log = None if args.quiet else print
     models = run_stages(cfg, run_dir, data, log=log)

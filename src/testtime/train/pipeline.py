@@ -457,12 +457,17 @@ def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSpli
             continue
         side = read_meta(path)
         old = side.get("meta", {})
-        diff = [k for k, v in want.items() if k in old and old[k] != json.loads(json.dumps(v))]
+        now = json.loads(json.dumps(want))
+        diff = [k for k in now if k in old and old[k] != now[k]]
         if diff:
-            raise ValueError(
-                f"{path}.safetensors was trained with other settings ({', '.join(diff)}: {old[diff[0]]} here "
-                f"{want[diff[0]]}); use another --run-dir or delete it to retrain"
-            )
+            k = diff[0]
+            changed = sorted(f for f in now[k] if old[k].get(f) != now[k][f]) if isinstance(now[k], dict) and \
+                isinstance(old[k], dict) else []
+            what = ", ".join(f"{k}.{f} was {old[k].get(f)!r}, now {now[k][f]!r}" for f in changed) or \
+                f"{k} was {old[k]!r}, now {now[k]!r}"
+            more = f" (also {', '.join(diff[1:])})" if len(diff) > 1 else ""
+            raise ValueError(f"{path}.safetensors was trained with other settings: {what}{more}; "
+                             "use another --run-dir or delete it to retrain")
         if path.name.endswith(".resume"):
             then = int(old.get("threads", side.get("environment", {}).get("cpu_threads", 0)) or 0)
             if then and then != torch.get_num_threads():
@@ -471,6 +476,19 @@ def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSpli
                     f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
                     f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
                 )
+
+
+def check_run_dir(cfg: PipelineConfig, run_dir: str | Path, train: ImageSplit, stages: Sequence[str]) -> set[str]:
+    """:func:`check_reuse` for ``stages`` and their prerequisites (returned), before any training."""
+    need = set(stages)
+    if need & {"align", "probe"}:
+        need.add("ssl")
+    if need & {"ssl", "align", "joint"}:
+        need.add("supervised")
+    for stage in STAGES:  # supervised always runs (or loads): every model starts from it
+        if stage in need or stage == "supervised":
+            check_reuse(cfg, Path(run_dir), stage, train)
+    return need
 
 
 def apply_threads(cfg: PipelineConfig, log: Logger | None = print) -> int:
@@ -550,14 +568,7 @@ def run_stages(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = data.train if isinstance(data, PipelineData) else data
-    need = set(stages)
-    if need & {"align", "probe"}:
-        need.add("ssl")
-    if need & {"ssl", "align", "joint"}:
-        need.add("supervised")
-    for stage in STAGES:  # every checkpoint that may be loaded is checked before any training
-        if stage in need or stage == "supervised":
-            check_reuse(cfg, run_dir, stage, train)
+    need = check_run_dir(cfg, run_dir, train, stages)
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
