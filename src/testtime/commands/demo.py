@@ -12,6 +12,7 @@ import argparse
 import copy
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = load_config("demo", None, args.overrides)
     check_runnable(cfg)
     log = None if args.quiet else print
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     apply_threads(cfg, log)
     t0 = time.perf_counter()
     interrupt_on_sigterm()  # `kill` removes the temporary folder too
@@ -112,7 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"severity {cfg.eval.severity}, {proto.describe('after')}")
         print(f"{'':34s}" + "".join(f"{n:>16s}" for n in names) + f"{'mean':>8s}")
         for label, method in rows.items():
-            r = evaluate(method, domains, proto, log=log)
+            r = evaluate(method, domains, proto, log=progress)  # on stderr: the table stays whole
             print(f"{label:34s}" + "".join(f"{r.accuracy(n):15.1f}%" for n in names) + f"{r.mean_accuracy:7.1f}%")
     print(f"demo done in {time.perf_counter() - t0:.0f}s")
     return 0
