@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from testtime.cli import UserError
+from testtime.commands import plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from testtime.bench.protocols import list_protocols
 
     p = subparsers.add_parser("bench", help="evaluate baselines on a preset's corrupted test subset",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     from testtime.commands.train import _common
 
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
@@ -90,11 +91,11 @@ def merge_previous(path: Path, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testtime.bench.grid import run_methods
+    from testtime.bench.grid import method_configs, resolve_protocol, run_methods
     from testtime.commands.train import load_config
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
-    from testtime.train.pipeline import config_to_dict, load_data, results_table
+    from testtime.train.pipeline import check_runnable, config_to_dict, load_data, results_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -104,11 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     overrides = parse_method_overrides(args.method_set)
+    order = None if args.order == "method" else args.order
     cfg = load_config(args.preset, args.config, args.overrides)
+    check_runnable(cfg)
+    method_configs(methods, overrides)  # every method's config and the protocol, checked before any work
+    resolve_protocol(cfg, args.protocol, args.batch_size, order)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
-    order = None if args.order == "method" else args.order
+    check_runnable(cfg, data)
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
                       order=order, method_overrides=overrides, log=None if args.quiet else print)
     out["command"] = "testtime " + " ".join(getattr(args, "argv", sys.argv[1:]))

@@ -29,6 +29,29 @@ from pathlib import Path
 from typing import Any
 
 from testtime.cli import UserError
+from testtime.commands import plain
+
+TRAIN_DESCRIPTION = """Train one source-time stage of CTA, after the stages it needs (loaded when their
+checkpoints exist): supervised h(f(x)) (CE), ssl pi(g(x)) (NT-Xent), align (Eq. 4), probe (a linear
+classifier on the SSL features, CTA-C), joint (the Y model), or the ttt / ttt++ baselines' joint training.
+
+Example::
+
+    testtime train align --preset cifar10-cpu --set data.root=/data/cifar10-jpeg --run-dir runs/a
+"""
+CTA_DESCRIPTION = """CTA end to end: every source-time stage (supervised, ssl, align, probe, joint; those with
+checkpoints are loaded), then the test-time learning rate and steps chosen on the held-out corruptions, then
+every row (source, BN, CTA, CTA-C, Y model) on the corrupted test subset; results in <run-dir>/results.json.
+
+Example::
+
+    testtime cta --preset cifar10-cpu --run-dir runs/cifar10-cpu
+"""
+COMMON_TEXT = """
+Presets are YAML files shipped with testtime (--preset NAME) or given as a path (--config FILE);
+--set key=value overrides any field (dotted path; the value is YAML). Every run records its resolved
+config in <run-dir>/config.json (another config later goes to config-<time>.json).
+"""
 
 
 def list_presets() -> list[str]:
@@ -49,7 +72,10 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
         path = Path(config)
         if not path.is_file():
             raise UserError(f"--config: file not found: {config}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise UserError(f"--config {config}: not a UTF-8 text (YAML) file") from None
     elif preset:
         if preset not in list_presets():
             raise UserError(f"--preset: unknown preset {preset!r}; valid: {', '.join(list_presets())}")
@@ -57,20 +83,46 @@ def load_config(preset: str | None, config: str | None, overrides: list[str]) ->
     else:
         text = "{}"
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{config or preset}: invalid YAML ({str(exc).splitlines()[0]})") from exc
+    if values is None and config:
+        raise UserError(f"--config {config}: the file is empty (give a preset's fields, or use --preset)")
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise UserError(f"{config or preset}: expected a mapping at the top level")
     values = apply_overrides(values, overrides)
-    return config_from_dict(PipelineConfig, values)
+    try:
+        return config_from_dict(PipelineConfig, values)
+    except ValueError as exc:
+        if config:  # name the file: the value may come from it
+            raise UserError(f"--config {config} (with --set overrides): {exc}") from None
+        raise
 
 
-def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
+def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> Path:
+    """Record the run in ``<run_dir>/config.json``, which is never overwritten by another config.
+
+    The first run of a directory writes it; a later run with the same config leaves it as it is; a run
+    with another config writes ``config-<UTC time>.json`` beside it (its checkpoints are checked against
+    the settings that produced them before any reuse, see :func:`testtime.train.pipeline.check_reuse`).
+    """
     from testtime.train.checkpoint import _atomic_write, environment
     from testtime.train.pipeline import config_to_dict
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    mine = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    if path.is_file():
+        try:
+            prev = json.loads(path.read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            prev = None
+        if prev == mine:
+            return path
+        path = run_dir / f"config-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+        print(f"note: {run_dir / 'config.json'} records another config; this run's goes to {path.name}",
+              file=sys.stderr)
     info = {
         "command": "testtime " + " ".join(argv),
         "config": config_to_dict(cfg),
@@ -79,7 +131,8 @@ def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> None:
         "environment": environment(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
-    _atomic_write(run_dir / "config.json", json.dumps(info, indent=2).encode())
+    _atomic_write(path, json.dumps(info, indent=2).encode())
+    return path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -103,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="run one source-time stage of CTA (and its prerequisites)",
-        description=__doc__,
+        description=plain(TRAIN_DESCRIPTION + COMMON_TEXT),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from testtime.train.peer_stages import PEER_STAGES
@@ -120,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "cta",
         help="CTA end to end: every stage, then evaluation on corruptions",
-        description=__doc__,
+        description=plain(CTA_DESCRIPTION + COMMON_TEXT),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(q)
@@ -128,11 +181,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_cta)
 
 
-def _prepare(args: argparse.Namespace):
-    """The config and run directory; under torchrun also the process group (and this rank's device)."""
+def prepare(args: argparse.Namespace, stages: tuple[str, ...]) -> tuple[Any, Path, Any]:
+    """The validated config, the run directory and the data, every check done before any training or writing:
+    the config, the device, the data, and the checkpoints of ``stages`` already in the run directory. Under
+    torchrun also the process group (and this rank's device)."""
     from testtime.train.distributed import init_from_env
+    from testtime.train.pipeline import check_run_dir, check_runnable, load_data
 
     cfg = load_config(args.preset, args.config, args.overrides)
+    check_runnable(cfg)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     try:
         device = init_from_env(cfg.device)
@@ -140,7 +197,10 @@ def _prepare(args: argparse.Namespace):
         raise UserError(str(exc)) from None
     if device != cfg.device:
         cfg = dataclasses.replace(cfg, device=device)
-    return cfg, run_dir
+    data = load_data(cfg.data)
+    check_runnable(cfg, data)
+    check_run_dir(cfg, run_dir, data.train, stages)
+    return cfg, run_dir, data
 
 
 def _start(args: argparse.Namespace, cfg: Any, run_dir: Path):
@@ -174,10 +234,9 @@ def run_cta(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from testtime.train.distributed import is_main
     from testtime.train.peer_stages import PEER_STAGES
-    from testtime.train.pipeline import load_data, run_stages
+    from testtime.train.pipeline import STAGES, run_stages
 
-    cfg, run_dir = _prepare(args)
-    data = load_data(cfg.data)
+    cfg, run_dir, data = prepare(args, (args.stage,) if args.stage in STAGES else ("supervised",))
     log = _start(args, cfg, run_dir)
     say = print if is_main() else (lambda _: None)
     if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
@@ -200,11 +259,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_cta(args: argparse.Namespace) -> int:
     from testtime.train.distributed import is_main
-    from testtime.train.pipeline import evaluate_pipeline, load_data, results_table, run_stages
+    from testtime.train.pipeline import STAGES, evaluate_pipeline, results_table, run_stages
 
-    cfg, run_dir = _prepare(args)
     t0 = time.perf_counter()
-    data = load_data(cfg.data)
+    cfg, run_dir, data = prepare(args, STAGES)
     log = _start(args, cfg, run_dir)
     models = run_stages(cfg, run_dir, data, log=log)
     if not is_main():  # evaluation runs on rank 0 only

@@ -258,6 +258,10 @@ class Method(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"{self.name}: x must be a float tensor (B, C, H, W) in [0, 1], got "
                              f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        if not bool(torch.isfinite(x).all()):  # BN would spread one NaN pixel over the whole batch
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise ValueError(f"{self.name}: x has NaN or Inf values in {bad} of {x.shape[0]} images; "
+                             "pass finite images (testtime.api.Adapter(on_nonfinite='drop') drops them)")
         if x.shape[0] < self.requirements.min_batch_size:
             raise ValueError(
                 f"method {self.name!r} needs batches of at least {self.requirements.min_batch_size} images, "

@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import time
 import types
 import typing
@@ -58,8 +59,28 @@ from testtime.train.objectives import (
 )
 from testtime.train.trainer import FitResult, TrainConfig, fit
 
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a plain file name: runs/<name> stays in runs/
 STAGES = ("supervised", "ssl", "align", "probe", "joint")
 HELDOUT_4 = CORRUPTIONS_EXTRA  # the 4 held-out corruptions, for choosing hyperparameters
+
+
+def check_range(where: str, value: Any, *, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
+                none_ok: bool = False) -> None:
+    """Raise ``ValueError("<where> must be ...")`` unless ``value`` is a finite number in the range."""
+    if value is None and none_ok:
+        return
+    lo_txt = "" if lo is None else (f"> {lo:g}" if open_lo else f">= {lo:g}")
+    rng = " and ".join(t for t in (lo_txt, "" if hi is None else f"<= {hi:g}") if t) or "finite"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    ok = ok and (lo is None or (value > lo if open_lo else value >= lo)) and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(f"{where} must be {rng}{' (or null)' if none_ok else ''}, got {value!r}")
+
+
+def _check_names(where: str, names: Sequence[str], valid: Sequence[str]) -> None:
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise ValueError(f"{where}: unknown name(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -76,11 +97,23 @@ class DataConfig:
     heldout_per_class: int = 26  # a disjoint seeded subset for the held-out corruptions
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_range("data.train_per_class", self.train_per_class, lo=1, none_ok=True)
+        check_range("data.test_per_class", self.test_per_class, lo=1)
+        check_range("data.heldout_per_class", self.heldout_per_class, lo=0)
+        check_range("data.seed", self.seed, lo=0)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet8"
     norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        from testtime.models import list_models
+
+        _check_names("model.arch", [self.arch], list_models())
+        _check_names("model.norm", [self.norm], ("batch", "group"))
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,31 @@ class TTTConfig:
     max_steps: int = 20  # the curve's length (Fig. 3)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from testtime.bench.protocols import get_protocol, list_protocols
+
+        check_range("ttt.lr", self.lr, lo=0, open_lo=True)
+        check_range("ttt.steps", self.steps, lo=1)
+        check_range("ttt.tau", self.tau, lo=0, open_lo=True)
+        check_range("ttt.max_steps", self.max_steps, lo=1)
+        check_range("ttt.seed", self.seed, lo=0)
+        _check_names("ttt.bn", [self.bn], ("batch", "source"))
+        _check_names("ttt.protocol", [self.protocol], list_protocols())
+        try:  # the protocol with this batch size (single-sample fixes its own: 1)
+            get_protocol(self.protocol, batch_size=self.batch_size, seed=self.seed)
+        except ValueError as exc:
+            raise ValueError(f"ttt.protocol / ttt.batch_size: {exc}") from None
+        if self.select_on_heldout and not self.lr_candidates:
+            raise ValueError("ttt.lr_candidates: at least one learning rate is needed with ttt.select_on_heldout")
+        for i, c in enumerate(self.lr_candidates):
+            check_range(f"ttt.lr_candidates[{i}]", c, lo=0, open_lo=True)
+
+
+EVAL_ROWS = (
+    "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
+    "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -132,10 +190,18 @@ class EvalConfig:
     heldout: tuple[str, ...] = HELDOUT_4
     severity: int = 5
     params: str | None = None  # corruption parameter set; None = by image size (32 px: "cifar")
-    rows: tuple[str, ...] = (
-        "supervised", "supervised+bn", "aligned", "aligned+bn", "cta", "cta-paper-settings",
-        "ssl+probe", "ssl+probe+bn", "cta-c", "y-model-eval", "y-model+bn", "y-model",
-    )  # fmt: skip
+    rows: tuple[str, ...] = EVAL_ROWS
+
+    def __post_init__(self) -> None:
+        from testtime.corruptions.params import PARAM_SETS
+
+        if not self.corruptions:
+            raise ValueError("eval.corruptions: at least one corruption is needed")
+        _check_names("eval.corruptions", self.corruptions, CORRUPTIONS_15 + CORRUPTIONS_EXTRA)
+        _check_names("eval.heldout", self.heldout, CORRUPTIONS_15 + CORRUPTIONS_EXTRA)
+        if self.params is not None:
+            _check_names("eval.params", [self.params], list(PARAM_SETS))
+        _check_names("eval.rows", self.rows, EVAL_ROWS)
 
 
 @dataclass(frozen=True)
@@ -158,6 +224,11 @@ class PipelineConfig:
     peer_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name) or set(self.name) == {"."}:
+            raise ValueError(
+                f"name must be a plain name (letters, digits, '.', '_', '-'; no '/', no '..'), got {self.name!r}; "
+                "it becomes the default run directory runs/<name>"
+            )
         if self.ssl.init not in ("supervised", "scratch"):
             raise ValueError(f"ssl.init must be 'supervised' or 'scratch', got {self.ssl.init!r}")
         if self.ssl.pi_init not in ("identity", "random"):
@@ -168,6 +239,45 @@ class PipelineConfig:
             raise ValueError(f"ttt.batch_size must be >= 2 (NT-Xent needs negatives), got {self.ttt.batch_size}")
         if not 1 <= self.eval.severity <= 5:
             raise ValueError(f"eval.severity must be 1..5, got {self.eval.severity}")
+        check_range("seed", self.seed, lo=0)
+        check_range("threads", self.threads, lo=1, none_ok=True)
+        check_device("device", self.device, here=False)
+
+
+def check_device(where: str, device: str, *, here: bool = True) -> None:
+    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``); with ``here``, one this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{where}: not a torch device: {device!r} (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{where}: device type {dev.type!r} is not supported; use cpu, cuda or mps")
+    if not here:
+        return
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{where}: {device!r} asked but CUDA is not available here; use {where}=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{where}: {device!r} but only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{where}: 'mps' asked but MPS is not available here; use {where}=cpu")
+
+
+def check_runnable(cfg: PipelineConfig, data: PipelineData | None = None) -> None:
+    """What a valid config still needs on this machine and with its data, checked before any training:
+    the device exists here; the corruption parameter set suits the image size and every corruption."""
+    check_device("device", cfg.device)
+    if data is None:
+        return
+    from testtime.corruptions.core import check_feasible
+    from testtime.corruptions.params import resolve_params
+
+    h, w = data.test.image_size
+    try:
+        pset = resolve_params(cfg.eval.params, h, w)
+        for name in (*cfg.eval.corruptions, *(cfg.eval.heldout if cfg.ttt.select_on_heldout else ())):
+            check_feasible(name, pset, h, w)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"eval.params / eval.corruptions: {exc.args[0] if exc.args else exc}") from None
 
 
 # ----- typed configs from plain dicts (the CLI reads the YAML) ------------------------------------
@@ -225,7 +335,13 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
             f"valid: {', '.join(names)}"
         )
     kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own check (TrainConfig, ...): name the section
+        msg = str(exc)
+        if where and not msg.startswith(where):
+            raise ValueError(f"{where}: {msg}") from None
+        raise
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -243,7 +359,13 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        if not all(parts):
+            raise ValueError(f"--set: expected a dotted key such as ttt.lr, got {key!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"--set {key}: cannot read the value {raw!r} as YAML ({first})") from None
     return out
 
 
@@ -265,20 +387,27 @@ def load_data(cfg: DataConfig) -> PipelineData:
     if root is None and cfg.root_env:
         root = os.environ.get(cfg.root_env) or None
     if cfg.dataset == "imagefolder" and root is None:
-        raise ValueError(f"data.root: an image-folder dataset needs a root (set data.root= or ${cfg.root_env})")
+        env = f" or the environment variable ${cfg.root_env}" if cfg.root_env else ""
+        raise ValueError(f"data.root: an image-folder dataset needs its folder: --set data.root=/path{env}")
     train = load_dataset(cfg.dataset, split=cfg.train_split, root=root)
     if cfg.train_per_class is not None:
-        train = subset_per_class(train, cfg.train_per_class, seed=cfg.seed)
+        try:
+            train = subset_per_class(train, cfg.train_per_class, seed=cfg.seed)
+        except ValueError as exc:
+            raise ValueError(f"data.train_per_class: {exc}") from None
     test_all = load_dataset(cfg.dataset, split=cfg.test_split, root=root)
-    rows_test = per_class_rows(test_all.labels, cfg.test_per_class, cfg.seed)
-    rows_held = per_class_rows(test_all.labels, cfg.heldout_per_class, cfg.seed + 1, exclude=rows_test)
+    rows_test = per_class_rows(test_all.labels, cfg.test_per_class, cfg.seed, where="data.test_per_class")
+    rows_held = per_class_rows(test_all.labels, cfg.heldout_per_class, cfg.seed + 1, exclude=rows_test,
+                               where="data.heldout_per_class")
     test = test_all.take(rows_test, name=f"{test_all.name}[{cfg.test_per_class}/class,seed={cfg.seed}]")
     heldout = test_all.take(rows_held, name=f"{test_all.name}[heldout {cfg.heldout_per_class}/class]")
     return PipelineData(train, test, heldout)
 
 
-def per_class_rows(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """``n`` seeded rows of every class (sorted), none of them in ``exclude``."""
+def per_class_rows(
+    labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None, where: str = "n"
+) -> np.ndarray:
+    """``n`` seeded rows of every class (sorted), none of them in ``exclude``; errors name ``where``."""
     rng = np.random.default_rng(seed)
     banned = np.zeros(len(labels), dtype=bool)
     if exclude is not None:
@@ -287,7 +416,8 @@ def per_class_rows(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | 
     for c in np.unique(labels):
         idx = np.flatnonzero((labels == c) & ~banned)
         if len(idx) < n:
-            raise ValueError(f"n={n}: class {c} has only {len(idx)} images left")
+            left = " left (after the test subset)" if exclude is not None else ""
+            raise ValueError(f"{where}={n}: class {c} has only {len(idx)} images{left}")
         keep.append(idx[rng.permutation(len(idx))[:n]])
     return np.sort(np.concatenate(keep))
 
@@ -303,7 +433,80 @@ def _meta(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         "stage_config": _stage_cfg(cfg, stage),
         "seed": cfg.seed,
         "device": cfg.device,
+        **_source_settings(cfg),
+        "threads": torch.get_num_threads(),
     }
+
+
+def _source_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings (besides the stage's own) that a stage's weights depend on: its checkpoint is reused
+    only when they match (:func:`check_reuse`)."""
+    d = cfg.data
+    return {
+        "data_config": {"dataset": d.dataset, "train_split": d.train_split, "train_per_class": d.train_per_class,
+                        "seed": d.seed},
+        "model_config": config_to_dict(cfg.model),
+    }
+
+
+def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSplit) -> None:
+    """Refuse to reuse ``<run_dir>/<stage>`` (final or resume checkpoint) trained on other data or model
+    settings, and to resume with another thread count (the weights would match no uninterrupted run)."""
+    from testtime.train.checkpoint import checkpoint_exists, read_meta
+
+    want = {**_source_settings(cfg), "seed": cfg.seed, "arch": cfg.model.arch,
+            "train_set": {"name": train.name, "size": len(train)}}
+    for path in (run_dir / stage, run_dir / f"{stage}.resume"):
+        if not checkpoint_exists(path):
+            continue
+        side = read_meta(path)
+        old = side.get("meta", {})
+        now = json.loads(json.dumps(want))
+        diff = [k for k in now if k in old and old[k] != now[k]]
+        if diff:
+            k = diff[0]
+            changed = sorted(f for f in now[k] if old[k].get(f) != now[k][f]) if isinstance(now[k], dict) and \
+                isinstance(old[k], dict) else []
+            what = ", ".join(f"{k}.{f} was {old[k].get(f)!r}, now {now[k][f]!r}" for f in changed) or \
+                f"{k} was {old[k]!r}, now {now[k]!r}"
+            more = f" (also {', '.join(diff[1:])})" if len(diff) > 1 else ""
+            raise ValueError(f"{path}.safetensors was trained with other settings: {what}{more}; "
+                             "use another --run-dir or delete it to retrain")
+        if path.name.endswith(".resume"):
+            then = int(old.get("threads", side.get("environment", {}).get("cpu_threads", 0)) or 0)
+            if then and then != torch.get_num_threads():
+                raise ValueError(
+                    f"{path}.safetensors was written with {then} CPU threads and this run uses "
+                    f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
+                    f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
+                )
+
+
+def check_run_dir(cfg: PipelineConfig, run_dir: str | Path, train: ImageSplit, stages: Sequence[str]) -> set[str]:
+    """:func:`check_reuse` for ``stages`` and their prerequisites (returned), before any training."""
+    need = set(stages)
+    if need & {"align", "probe"}:
+        need.add("ssl")
+    if need & {"ssl", "align", "joint"}:
+        need.add("supervised")
+    for stage in STAGES:  # supervised always runs (or loads): every model starts from it
+        if stage in need or stage == "supervised":
+            check_reuse(cfg, Path(run_dir), stage, train)
+    return need
+
+
+def apply_threads(cfg: PipelineConfig, log: Logger | None = print) -> int:
+    """``torch.set_num_threads(cfg.threads)`` when set, saying so when it overrides ``$OMP_NUM_THREADS``.
+
+    Results on CPU depend (in the last digits) on the thread count; it is recorded with every checkpoint.
+    """
+    if cfg.threads:
+        env = os.environ.get("OMP_NUM_THREADS")
+        if env and env.strip() != str(cfg.threads) and log:
+            log(f"threads={cfg.threads} from the config overrides OMP_NUM_THREADS={env} "
+                "(pass --set threads=null to follow OMP_NUM_THREADS)")
+        torch.set_num_threads(cfg.threads)
+    return torch.get_num_threads()
 
 
 def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
@@ -312,6 +515,22 @@ def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
 
 def _train_cfg(cfg: PipelineConfig, t: TrainConfig) -> TrainConfig:
     return dataclasses.replace(t, device=cfg.device, seed=cfg.seed if t.seed == 0 else t.seed)
+
+
+def _progress(stage: str, t: TrainConfig, train: ImageSplit, log: Logger | None) -> Callable[[int, dict], None]:
+    """A ``fit`` callback that prints the step and losses at most every ``PROGRESS_EVERY_S`` seconds
+    (the trainer's own lines come every ``log_every`` steps, which may be minutes apart on a CPU)."""
+    from testtime.bench.runner import Heartbeat
+
+    heart = Heartbeat(log)
+    total = max(1, int(round(t.epochs * (len(train) // t.batch_size))))
+
+    def on_step(step: int, logs: dict) -> None:
+        if (el := heart.due()) is not None and heart.log is not None:
+            vals = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            heart.log(f"[{stage}] step {step}/{total} {vals} ({el:.0f}s)")
+
+    return on_step
 
 
 def new_classifier(cfg: PipelineConfig, data: ImageSplit) -> nn.Module:
@@ -355,16 +574,11 @@ def run_stages(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg, log)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = data.train if isinstance(data, PipelineData) else data
-    need = set(stages)
-    if need & {"align", "probe"}:
-        need.add("ssl")
-    if need & {"ssl", "align", "joint"}:
-        need.add("supervised")
+    need = check_run_dir(cfg, run_dir, train, stages)
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
@@ -374,6 +588,7 @@ def run_stages(
         run_dir,
         "supervised",
         meta=_meta(cfg, "supervised"),
+        on_step=_progress("supervised", cfg.supervised, train, log),
         log=log,
     )
     m.supervised = sup
@@ -392,6 +607,7 @@ def run_stages(
             run_dir,
             "ssl",
             meta=_meta(cfg, "ssl"),
+            on_step=_progress("ssl", cfg.ssl.train, train, log),
             log=log,
         )
         m.ssl = ProjectedClassifier(g, pi, sup.fc)
@@ -401,7 +617,8 @@ def run_stages(
         f = copy.deepcopy(sup.encoder)
         obj = AlignObjective(g, pi, f, sup.fc, cfg.align.weights)
         m.fits["align"] = fit(
-            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"), log=log
+            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"),
+            on_step=_progress("align", cfg.align.train, train, log), log=log,
         )
         m.aligned = ProjectedClassifier(g, pi, sup.fc)
         # the test-time bundle h(pi(g(.))) alone: f is not in it, so it is never loaded at test time
@@ -427,6 +644,7 @@ def run_stages(
             run_dir,
             "probe",
             meta=_meta(cfg, "probe"),
+            on_step=_progress("probe", cfg.probe.train, train, log),
             log=log,
         )
         m.probe = ProjectedClassifier(feats[0], feats[1], head)
@@ -439,7 +657,8 @@ def run_stages(
         pi_y = projector(d, identity=cfg.joint.init == "supervised")
         obj = JointObjective(base.encoder, base.fc, pi_y, tau=cfg.joint.tau, ssl_weight=cfg.joint.ssl_weight)
         m.fits["joint"] = fit(
-            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"), log=log
+            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"),
+            on_step=_progress("joint", cfg.joint.train, train, log), log=log,
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
     return m
@@ -507,20 +726,25 @@ def iteration_curve(
     bn: str = "batch",
     seed: int = 0,
     device: str = "cpu",
+    log: Logger | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy (%) per domain after 0..max_steps iterations per batch (episodic; the paper's Fig. 3).
 
     Iteration 0 is the bundle with test-batch BN statistics (``bn="batch"``) and no gradient step.
     """
     from testtime.bench import get_protocol
-    from testtime.bench.runner import to_float_batch
+    from testtime.bench.runner import Heartbeat, to_float_batch
     from testtime.methods import create_method
 
     m = create_method(method, copy.deepcopy(bundle), steps=1, lr=lr, tau=tau, bn=bn, seed=seed).to(device)
     proto = get_protocol("episodic", batch_size=batch_size, seed=seed)
     correct = {d.name: np.zeros(max_steps + 1) for d in domains}
     total = {d.name: 0 for d in domains}
-    for batch in proto.stream(domains):
+    heart = Heartbeat(log)
+    n_batches = sum(-(-len(d.labels) // batch_size) for d in domains)
+    for i, batch in enumerate(proto.stream(domains)):
+        if (t := heart.due()) is not None and heart.log is not None:
+            heart.log(f"[heldout] lr {lr:g}: batch {i}/{n_batches} ({t:.0f}s)")
         m.reset()
         x = to_float_batch(batch.images, device)
         for k in range(max_steps + 1):
@@ -581,6 +805,7 @@ def evaluate_pipeline(
                 bn=ttt.bn,
                 seed=ttt.seed,
                 device=dev,
+                log=log,
             )
             mean = np.mean([cur[n] for n in cur], axis=0)  # (max_steps + 1,)
             curves[str(cand)] = {"per_domain": cur, "mean": list(mean), "wall_s": time.perf_counter() - t0}
@@ -633,13 +858,13 @@ def evaluate_pipeline(
     out["rows"] = {}
     out["protocol"] = proto.describe("after")
     for row in cfg.eval.rows:
-        if row not in plan:
-            raise ValueError(f"eval.rows: unknown row {row!r}; valid: {', '.join(plan)}")
         name, mdl, over = plan[row]
         if mdl is None:
             continue
         method = create_method(name, copy.deepcopy(mdl), **over)
-        res = evaluate(method, domains, proto, device=dev)
+        if log:
+            log(f"[eval] {row}: {name} on {len(domains)} corruption(s) x {len(data.test)} images ...")
+        res = evaluate(method, domains, proto, device=dev, log=log)
         out["rows"][row] = {"method": name, "settings": over, **res.to_dict()}
         if log:
             log(
