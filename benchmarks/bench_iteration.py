@@ -42,7 +42,18 @@ import subprocess
 import sys
 
 import torch
-from common import classifier, cta_bundle, images, interleaved, machine_line, peak_rss_bytes, reset_peak_rss, rss_bytes
+from common import (
+    add_model_args,
+    check_model_args,
+    classifier,
+    cta_bundle,
+    images,
+    interleaved,
+    machine_line,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 
 from testtime.losses import nt_xent
 from testtime.losses.entropy import softmax_entropy
@@ -179,19 +190,14 @@ def memory(args) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet8", help="a testtime.models backbone (default resnet8)")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
-    ap.add_argument("--reps", type=int, default=15, help="timed repeats (medians are reported)")
+    add_model_args(ap, reps=15)
     ap.add_argument("--cta-steps", type=int, default=4, help="iterations per timed CTA adapt")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.batch < 2 or args.reps < 1 or args.cta_steps < 1:
-        ap.error("--batch must be >= 2, --reps and --cta-steps >= 1")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    if args.cta_steps < 1:
+        ap.error("--cta-steps must be >= 1")
+    check_model_args(ap, args)
     if args.memory_child:
         memory_child(args)
         return 0

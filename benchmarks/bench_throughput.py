@@ -23,8 +23,7 @@ import argparse
 import sys
 import time
 
-import torch
-from common import classifier, cta_bundle, images, interleaved, machine_line
+from common import add_model_args, check_model_args, classifier, cta_bundle, images, interleaved, machine_line
 
 from testtime.methods import create_method
 
@@ -41,19 +40,13 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet8", help="a testtime.models backbone")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
+    add_model_args(ap, reps=3)
     ap.add_argument("--iters", default="1,5,10,20", help="CTA iterations per batch to report")
     ap.add_argument("--measure", help="CTA iteration counts actually timed (default: all of --iters)")
-    ap.add_argument("--reps", type=int, default=3, help="timed batches per row (medians)")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     iters = parse_ints(args.iters, "--iters")
     measure = parse_ints(args.measure, "--measure") if args.measure else iters
-    if args.batch < 2 or args.reps < 1:
-        ap.error("--batch must be >= 2 and --reps >= 1")
-    torch.set_num_threads(args.threads)
+    check_model_args(ap, args)
     print(f"# bench_throughput --arch {args.arch} --batch {args.batch} --size {args.size} --iters {args.iters} "
           f"--measure {','.join(map(str, measure))} --reps {args.reps} --threads {args.threads}")
     print(f"# start: {machine_line()}")
@@ -75,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     fns = {"source": lambda: source.step(x), "bn": lambda: bn.step(x), "tent": lambda: tent.step(x),
            "cta_reset": cta[measure[0]].reset}
     fns.update({f"cta{k}": episodic(m) for k, m in cta.items()})
-    t = interleaved(fns, args.reps, warmup=0 if args.reps == 1 else 1)
+    small = x[:4]
+    for m in (source, bn, tent, *cta.values()):  # warm-up on 4 images: kernels, allocator, optimiser state
+        m.step(small)
+        m.reset()
+    t = interleaved(fns, args.reps, warmup=0)
     measured = {k: t[f"cta{k}"] for k in measure}
     if len(measure) >= 2:
         lo, hi = measure[0], measure[-1]

@@ -7,6 +7,7 @@ taken between figures of one run of one script.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -50,6 +51,22 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1
             fns[n]()
             times[n].append(time.perf_counter() - t0)
     return {n: statistics.median(v) for n, v in times.items()}
+
+
+def add_model_args(ap: argparse.ArgumentParser, reps: int) -> None:
+    """--arch, --batch, --size, --reps, --threads: the options every method benchmark shares."""
+    ap.add_argument("--arch", default="resnet8", help="a testtime.models backbone (default resnet8)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
+    ap.add_argument("--reps", type=int, default=reps, help="timed repeats (medians are reported)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+
+
+def check_model_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch < 2 or args.reps < 1 or args.size < 8 or args.threads < 1:
+        ap.error("--batch must be >= 2, --size >= 8, --reps and --threads >= 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
 
 
 def classifier(arch: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
