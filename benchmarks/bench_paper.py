@@ -8,8 +8,8 @@ What is measured here (CPU): the wall time of one training step of every source-
 (supervised CE, SimCLR, alignment, linear probe, joint Y model) and of one CTA test-time iteration,
 at ``--batch`` images (the paper's 256 / 128 do not fit a 3-minute run with ResNet-50 on one core),
 scaled linearly to the preset's batch sizes; and the FLOPs of each step, counted by
-``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward + backward; 1
-multiply-add = 2 FLOPs) at 4 images and scaled linearly (the B x B similarity matrices of NT-Xent
+the FLOP formulas of ``torch.utils.flop_counter`` (matmuls and convolutions, forward + backward;
+1 multiply-add = 2 FLOPs) at 4 images and scaled linearly (the B x B similarity matrices of NT-Xent
 are a negligible quadratic term).
 
 What is NOT measured: any GPU figure. The GPU line is an estimate: the preset's total FLOPs divided
@@ -28,7 +28,8 @@ import time
 import torch
 from common import add_model_args, check_model_args, images, machine_line
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from testtime.commands.train import load_config
 from testtime.losses import nt_xent
@@ -96,10 +97,28 @@ def cta_iteration(arch: str):
     return run
 
 
-def flops(run, x, y) -> float:
-    with FlopCounterMode(display=False) as fc:
-        run(x, y)
-    return float(fc.get_total_flops())
+class CountFlops(TorchDispatchMode):
+    """The FLOP formulas of ``torch.utils.flop_counter`` (convolutions, matmuls and their backward),
+    summed over every op dispatched; without ``FlopCounterMode``'s module tracker, which fails on a
+    module called under ``no_grad`` with an input that requires grad (the alignment stage's probe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def flops(run, *inputs) -> float:
+    with CountFlops() as fc:
+        run(*inputs)
+    return float(fc.total)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((label, steps, batch, sec, f4 * batch / 4))
         print(f"  {label}: {min(times):.2f} s per step at batch {args.batch}", flush=True)
     fwd = create_model(args.arch, 10).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        fwd(x4)
-    fwd_flops = fc.get_total_flops() * cfg.ttt.batch_size / 4
+    with torch.no_grad():
+        fwd_flops = flops(fwd, x4) * cfg.ttt.batch_size / 4
     # forward-only evaluation rows, plus CTA's two forwards per batch (pre-update logits, prediction)
     n_fwd = (fwd_rows + 2 * ttt_rows) * test_batches
     print(f"\n{args.arch} ({args.size}x{args.size}), preset 'paper': {n_train} training images, {n_test} test "
