@@ -172,8 +172,8 @@ class ContrastiveTTT(Method):
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Eq. 1 on two SimCLR views of ``x``; logits (B, K) of ``x`` before the first step of this call.
 
-        The no-grad forward passes of ``x`` run before the SSL forward, so their temporaries are freed
-        before the graph of the 2B views is built (lower peak memory, same result).
+        The no-grad forward passes of ``x`` run before the SSL forward, so the prediction rule stops
+        before any view is drawn or forwarded.
         """
         if self._need_logits:  # the logits of x before any step (used by order "before")
             self._need_logits = False
