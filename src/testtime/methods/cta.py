@@ -11,7 +11,11 @@ The supervised encoder f is not part of the test-time model and is never loaded.
 BatchNorm: by default (``bn="batch"``) BN layers of g use the statistics of the current test batch,
 both for the SSL forward passes and for the prediction, as the TTT lineage's code does (the model
 stays in train mode); the stored statistics are not modified, so reset is exact. ``bn="source"``
-keeps the stored source statistics (eval mode) for the prediction and the updates. The results
+keeps the stored source statistics (eval mode) for the prediction and the updates, so only the
+gradient steps act. ``bn="lineage"`` is the convention of the lineage's code (ClusT3, NC-TTT: adapt in
+train mode, predict in eval mode): the SSL passes normalise with the views' batch statistics and move
+the running statistics with the layers' momentum, and predictions use those moved running statistics;
+the running statistics are state, restored by ``reset()``. The results
 report the aligned model with test-batch statistics and no step (method ``bn`` on the same bundle),
 so that the share of CTA's gain that comes from BN statistics alone is visible.
 
@@ -48,7 +52,14 @@ import torch
 from torch import nn
 
 from testtime.losses import nt_xent
-from testtime.methods.base import Method, MethodConfig, Requirements, register_method, use_batch_statistics
+from testtime.methods.base import (
+    Method,
+    MethodConfig,
+    Requirements,
+    batchnorm_layers,
+    register_method,
+    use_batch_statistics,
+)
 from testtime.models.heads import ProjectedClassifier
 from testtime.transforms import SimCLRViewsConfig, simclr_views
 
@@ -61,7 +72,7 @@ class CTAConfig(MethodConfig):
     lr: float = 1e-6
     optimizer: str = "adam"
     tau: float = 0.01  # Eq. 1 temperature at test time (section 5.1)
-    bn: str = "batch"  # "batch": test-batch BN statistics (lineage's code); "source": stored statistics
+    bn: str = "batch"  # "batch": test-batch statistics; "source": stored ones; "lineage": see ContrastiveTTT
     views: SimCLRViewsConfig = field(default_factory=SimCLRViewsConfig)
     stop: str = "none"  # label-free early stopping: "none" (the paper) | "loss" | "predictions"
     stop_eps: float = 1e-3  # the change at or below which an iteration counts as converged
@@ -69,6 +80,7 @@ class CTAConfig(MethodConfig):
 
 
 STOP_RULES = ("none", "loss", "predictions")
+BN_MODES = ("batch", "source", "lineage")
 
 
 def converged(changes: Sequence[float], eps: float, patience: int = 1) -> bool:
@@ -118,8 +130,8 @@ class ContrastiveTTT(Method):
                 f"method {self.name!r} expects through_projector={self.through_projector} "
                 f"(got {model.through_projector})"
             )
-        if self.config.bn not in ("batch", "source"):
-            raise ValueError(f"bn must be 'batch' or 'source', got {self.config.bn!r}")
+        if self.config.bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.config.bn!r}")
         c = self.config
         if c.stop not in STOP_RULES:
             raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}; got {c.stop!r}")
@@ -133,7 +145,18 @@ class ContrastiveTTT(Method):
             getattr(self.model, name).requires_grad_(True)
         if self.config.bn == "batch":
             use_batch_statistics(self.model)
+        self._lineage_bn = batchnorm_layers(self.model) if self.config.bn == "lineage" else []
         self._new_batch()
+
+    def _bn_mode(self, train: bool) -> None:
+        """``bn="lineage"``: BN layers in train mode (batch statistics, running statistics moved with
+        their momentum) for the SSL passes, in eval mode (running statistics) for predictions."""
+        for m in self._lineage_bn:
+            m.train(train)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self._bn_mode(False)
+        return self.model(x)
 
     def _new_batch(self) -> None:
         self._need_logits = True
@@ -186,7 +209,9 @@ class ContrastiveTTT(Method):
             return None, logits
         b = x.shape[0]
         v1, v2 = simclr_views(x, self.generator, self.config.views)
+        self._bn_mode(True)
         z = self.model.ssl_embed(torch.cat([v1, v2]))  # (2B, D)
+        self._bn_mode(False)
         loss = nt_xent(z[:b], z[b:], self.config.tau)
         if stop == "loss" and self._loss_converged(loss):
             self._stopped = True
