@@ -24,7 +24,7 @@ def test_reset_points(name, expected):
 
 def test_stream_covers_every_sample_once_and_is_seeded():
     for name in list_protocols():
-        p = get_protocol(name, batch_size=4)
+        p = get_protocol(name, batch_size=get_protocol(name).fixed_batch_size or 4)
         seen = [(b.domain, i) for b in p.stream(_domains()) for i in b.index]
         assert len(seen) == len(set(seen)) == 30
         again = [(b.domain, i) for b in p.stream(_domains()) for i in b.index]

@@ -30,7 +30,9 @@ def test_published_layout_readable_by_the_loader(split, tmp_path):
     meta = json.loads((tmp_path / "corruptions.json").read_text())
     assert meta["params"] == "cifar" and meta["severities"] == [1, 2, 3, 4, 5] and meta["seed"] == 0
     assert not (tmp_path / ".partial").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["contrast.npy", "corruptions.json", "fog.npy", "labels.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock", "contrast.npy", "corruptions.json", "fog.npy", "labels.npy"
+    ]  # .lock: one run at a time (released by the OS when its holder exits)
     from testtime.data import load_dataset
 
     loaded = load_dataset("cifar10-c", "test", root=tmp_path, corruption="fog", severity=3)

@@ -164,7 +164,7 @@ def test_load_rejects_checkpoints_without_the_heads(tmp_path):
 
 def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
     """`testtime train clust3` reaches the stage (data loading replaced by the toy split)."""
-    import testtime.data.experiment as pipeline
+    import testtime.train.pipeline as pipeline
     from testtime.cli import main
 
     monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(toy_split(), toy_split(), toy_split()))

@@ -142,3 +142,25 @@ def test_alignment_reduces_eq4_and_raises_accuracy_on_real_images():
     assert eq4_after < eq4_before
     assert after > before + 10, (before, after, eq4_before, eq4_after)  # measured: 10% -> 30%
     assert np.isfinite(after)
+
+
+def test_lineage_bn_moves_running_statistics_and_predicts_with_them():
+    """bn="lineage": the SSL passes (train mode) move BN running statistics; the prediction uses them
+    (eval mode), so it equals the eval-mode forward of the adapted weights; reset restores them."""
+    from testtime.methods.cta import CTA
+
+    torch.manual_seed(0)
+    bundle = CTA.example_model(num_classes=4)
+    x = torch.rand(6, 3, 16, 16)
+    m = create_method("cta", copy.deepcopy(bundle), steps=2, lr=1e-3, bn="lineage", seed=0)
+    bns = [b for b in m.model.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    logits = m(x)
+    assert any(not torch.equal(b.running_mean, r) for b, r in zip(bns, before))
+    assert all(not b.training for b in bns)
+    probe = copy.deepcopy(m.model).eval()
+    torch.testing.assert_close(logits, probe(x))
+    m.reset()
+    assert all(torch.equal(b.running_mean, r) for b, r in zip(bns, before))
+    with pytest.raises(ValueError, match="bn must be one of"):
+        create_method("cta", copy.deepcopy(bundle), bn="nosuch")

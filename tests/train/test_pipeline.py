@@ -90,12 +90,21 @@ def test_cli_bad_input_is_one_line_before_any_work(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(capsys):
+def test_demo_runs_end_to_end_on_a_tiny_input(tmp_path, capsys):
+    """The shipped demo (its bench config and preset), shrunk by --set: table printed, report written."""
     from testtime.cli import main
 
-    assert main(["demo"]) == 0
+    tiny = ["supervised.epochs=1", "ssl.train.epochs=1", "align.train.epochs=1", "data.train_per_class=20",
+            "data.test_per_class=5", "corruptions=[gaussian_noise,fog]", "methods.cta.settings.steps=1"]
+    run = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(run), "--quiet"] + [a for t in tiny for a in ("--set", t)]) == 0
     out = capsys.readouterr().out
-    assert "CTA" in out and "aligned + test-batch BN" in out
+    for col in ("source", "bn", "tent", "eata", "sar", "shot-im", "lame", "cta"):
+        assert f" {col} |" in out.split("| corruption |")[1].split("\n")[0] + " |"
+    assert f"report: {run / 'report' / 'report.md'}" in out
+    md = (run / "report" / "report.md").read_text()
+    assert "| gaussian_noise |" in md and "Δ (cta − other)" in md and "![accuracy per corruption]" in md
+    assert (run / "align.safetensors").is_file() and (run / "results.sqlite").is_file()
 
 
 def test_bad_key_names_the_closest_valid_key():

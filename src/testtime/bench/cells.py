@@ -17,6 +17,7 @@ trained once when missing; ``testtime cta``'s evaluation is not involved.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from testtime.bench.evaluation import corruption_seed
 from testtime.bench.protocols import Domain, get_protocol
 from testtime.bench.runner import run_batches
 from testtime.bench.spec import BenchConfig, MethodSpec, method_config, method_name, source_config
-from testtime.config import config_to_dict
+from testtime.config import check_runnable, config_to_dict
 from testtime.methods import METHODS, create_method
 
 STAGE_OF_METHOD = {"cta": "aligned", "cta-c": "probe", "y-model": "joint", "ttt": "ttt", "ttt++": "ttt++",
@@ -55,7 +56,14 @@ class BenchRun:
         self.bench, self.run_dir, self.log, self.progress = bench, Path(run_dir), log, progress
         self.cfg = source_config(bench)
         self.device = self.cfg.device
+        # the grid's corruptions, as the source config's evaluation would see them: checked on this machine
+        # (device) and, once the data is read, against the image size (parameter set), before any training
+        grid_eval = dataclasses.replace(self.cfg.eval, corruptions=bench.corruptions, heldout=bench.heldout)
+        checked = dataclasses.replace(self.cfg, eval=grid_eval, ttt=dataclasses.replace(self.cfg.ttt,
+                                                                                         select_on_heldout=True))
+        check_runnable(checked)
         self.data = load_data(self.cfg.data)
+        check_runnable(checked, self.data)
         self._models: dict[str, nn.Module] = {}
         self._methods: dict[tuple, tuple[nn.Module, CostMeter]] = {}
         self._domains: dict[tuple, Domain] = {}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from testtime.bench.protocols import Domain, get_protocol
-from testtime.bench.runner import evaluate, to_float_batch
+from testtime.bench.runner import Heartbeat, evaluate, to_float_batch
 from testtime.config import config_to_dict
 from testtime.data import ImageSplit
 from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
@@ -111,6 +111,7 @@ def iteration_curve(
     bn: str = "batch",
     seed: int = 0,
     device: str = "cpu",
+    log: Logger | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy (%) per domain after 0..max_steps iterations per batch (episodic; the paper's Fig. 3).
 
@@ -122,7 +123,11 @@ def iteration_curve(
     proto = get_protocol("episodic", batch_size=batch_size, seed=seed)
     correct = {d.name: np.zeros(max_steps + 1) for d in domains}
     total = {d.name: 0 for d in domains}
-    for batch in proto.stream(domains):
+    heart = Heartbeat(log)
+    n_batches = sum(-(-len(d.labels) // batch_size) for d in domains)
+    for i, batch in enumerate(proto.stream(domains)):
+        if (t := heart.due()) is not None and heart.log is not None:
+            heart.log(f"[heldout] lr {lr:g}: batch {i}/{n_batches} ({t:.0f}s)")
         m.reset()
         x = to_float_batch(batch.images, device)
         for k in range(max_steps + 1):
@@ -182,6 +187,7 @@ def evaluate_pipeline(
                 bn=ttt.bn,
                 seed=ttt.seed,
                 device=dev,
+                log=log,
             )
             mean = np.mean([cur[n] for n in cur], axis=0)  # (max_steps + 1,)
             curves[str(cand)] = {"per_domain": cur, "mean": list(mean), "wall_s": time.perf_counter() - t0}
@@ -234,13 +240,13 @@ def evaluate_pipeline(
     out["rows"] = {}
     out["protocol"] = proto.describe("after")
     for row in cfg.eval.rows:
-        if row not in plan:
-            raise ValueError(f"eval.rows: unknown row {row!r}; valid: {', '.join(plan)}")
         name, mdl, over = plan[row]
         if mdl is None:
             continue
         method = create_method(name, copy.deepcopy(mdl), **over)
-        res = evaluate(method, domains, proto, device=dev)
+        if log:
+            log(f"[eval] {row}: {name} on {len(domains)} corruption(s) x {len(data.test)} images ...")
+        res = evaluate(method, domains, proto, device=dev, log=log)
         out["rows"][row] = {"method": name, "settings": over, **res.to_dict()}
         if log:
             log(
@@ -270,3 +276,4 @@ def results_table(results: dict[str, Any]) -> str:
         acc = v["accuracy"]
         lines.append(f"| {r} | " + " | ".join(f"{acc[n]:.1f}" for n in names) + f" | **{v['mean_accuracy']:.2f}** |")
     return "\n".join(lines)
+

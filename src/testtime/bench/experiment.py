@@ -2,8 +2,9 @@
 
 :func:`run_bench` is what ``testtime bench CONFIG.yaml`` runs:
 
-1. the results store ``<run_dir>/results.sqlite`` is opened (created; a store of another schema
-   version is refused before any work and left as it is);
+1. the config is checked against this machine and the data (device, corruption parameters); a
+   results store ``<run_dir>/results.sqlite`` of another schema version is refused and left as it
+   is; then the store is opened (or created);
 2. the source models are loaded from the stage checkpoints in the run dir (trained once if missing);
 3. each (method label, protocol) with candidates gets its hyperparameters chosen on the held-out
    corruptions (:mod:`testtime.bench.select`);
@@ -31,6 +32,7 @@ from testtime.bench.cells import BenchRun, model_kind
 from testtime.bench.select import choose
 from testtime.bench.spec import BenchConfig, bench_to_dict, expand
 from testtime.store import GridSummary, ResultStore, run_grid
+from testtime.store.db import check_version, store_path
 
 LOG_FILE = "bench.log"
 
@@ -54,13 +56,26 @@ def run_bench(bench: BenchConfig, run_dir: str | Path, *, shard: tuple[int, int]
     run_dir = Path(run_dir)
     if not expand(bench) or not (bench.corruptions and bench.severities and bench.eval_seeds):
         raise ValueError("the grid has zero cells: give methods, corruptions, severities and eval_seeds")
-    with ResultStore.open(run_dir, create=True) as store:  # the version check comes before any work
+    if store_path(run_dir).exists():
+        check_version(store_path(run_dir))  # another schema version: refused before any work, left as it is
+    lines: list[str] = []
+
+    def early(msg: str) -> None:  # before the run dir exists (nothing is written before the checks)
+        lines.append(msg)
+        if log is not None:
+            log(msg)
+
+    run = BenchRun(bench, run_dir, log=early, progress=progress)
+    with ResultStore.open(run_dir, create=True) as store:
         tee = _tee(run_dir / LOG_FILE, log)
+        quiet = _tee(run_dir / LOG_FILE, None)
+        for line in lines:
+            quiet(line)
+        run.log = tee
         tee(f"[bench] {bench.name}: run dir {run_dir}, shard {shard[0]}/{shard[1]}")
         info = {"bench": bench_to_dict(bench), "environment": environment(),
                 "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
         _atomic_write(run_dir / f"grid-{bench.name}.json", json.dumps(info, indent=2, default=str).encode())
-        run = BenchRun(bench, run_dir, log=tee, progress=progress)
         cells = build_cells(run)
         return run_grid(cells, run.evaluate_cell, store, shard=shard, progress=progress, log=log)
 

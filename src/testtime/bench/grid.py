@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from testtime.bench.protocols import get_protocol
+from testtime.bench.protocols import Protocol, get_protocol
 from testtime.bench.runner import evaluate, to_float_batch
 from testtime.methods import METHODS, create_method
 
@@ -52,6 +53,51 @@ def prepare_source_data(method: nn.Module, name: str, train: Any, batch_size: in
         n = min(samples, len(train))
         rows = np.random.default_rng(seed).permutation(len(train))[:n]
         method.compute_fisher(source_batches(train.images[rows], batch_size, device))
+
+
+def method_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The config of method ``name`` with ``overrides``, type- and range-checked (one-line errors naming
+    ``<method>.<field>``), e.g. ``method_config("tent", {"lr": "abc"})`` fails: "tent.lr: expected a number".
+
+    Ranges: ``steps`` >= 1 for methods that adapt by default (>= 0 for source / bn), ``lr`` and ``tau`` > 0,
+    ``momentum`` in [0, 1], ``weight_decay`` and ``seed`` >= 0; every other number finite.
+    """
+    from testtime.train.pipeline import check_range, config_from_dict
+
+    cls = METHODS.get(name)
+    cfg = config_from_dict(cls.Config, dict(overrides or {}), where=METHODS.canonical(name))
+    default = cls.Config()
+    for f in dataclasses.fields(cfg):
+        v, where = getattr(cfg, f.name), f"{METHODS.canonical(name)}.{f.name}"
+        if f.name == "steps":
+            check_range(where, v, lo=1 if default.steps >= 1 else 0)
+        elif f.name in ("lr", "tau", "temperature"):
+            check_range(where, v, lo=0, open_lo=True)
+        elif f.name == "momentum":
+            check_range(where, v, lo=0, hi=1)
+        elif f.name in ("weight_decay", "seed"):
+            check_range(where, v, lo=0)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            check_range(where, v)
+    return cfg
+
+
+def method_configs(methods: Sequence[str], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`method_config` of every method; overrides of a method not in ``methods`` are an error."""
+    ignored = sorted(set(overrides) - {METHODS.canonical(m) for m in methods} - set(methods))
+    if ignored:
+        raise ValueError(f"--method-set for {', '.join(ignored)}, which is not in the methods run "
+                         f"({', '.join(methods)})")
+    return {name: method_config(name, overrides.get(name)) for name in methods}
+
+
+def resolve_protocol(cfg: Any, protocol: str | None, batch_size: int | None, order: str | None) -> Protocol:
+    """The protocol of a bench run: ``protocol`` (default ``cfg.ttt.protocol``) with the preset's test-time
+    batch size, unless the protocol fixes its own (``single-sample``: 1) or ``batch_size`` is given."""
+    name = protocol or cfg.ttt.protocol
+    fixed = get_protocol(name).fixed_batch_size
+    bs = batch_size if batch_size is not None else (fixed or cfg.ttt.batch_size)
+    return get_protocol(name, batch_size=bs, seed=cfg.ttt.seed, order=order)
 
 
 def run_methods(
@@ -85,8 +131,8 @@ def run_methods(
     bad = [m for m in methods if m in PIPELINE_METHODS]
     if bad:
         raise ValueError(f"methods: {bad} are evaluated by `testtime cta` (they need the CTA stages), not here")
-    proto = get_protocol(protocol or cfg.ttt.protocol, batch_size=batch_size or cfg.ttt.batch_size, seed=cfg.ttt.seed,
-                         order=order)
+    configs = method_configs(methods, method_overrides)
+    proto = resolve_protocol(cfg, protocol, batch_size, order)
     for name in methods:
         need = METHODS.get(name).requirements.min_batch_size
         if proto.batch_size < need:
@@ -102,10 +148,12 @@ def run_methods(
     for name in methods:
         model = _model_for(name, cfg, run_dir, data, supervised, log)
         over = method_overrides.get(name, {})
-        method = create_method(name, copy.deepcopy(model), **over)
+        method = create_method(name, copy.deepcopy(model), config=configs[name])
         t0 = time.perf_counter()
         prepare_source_data(method, name, data.train, proto.batch_size, dev, fisher_samples, cfg.seed)
-        res = evaluate(method, domains, proto, device=dev)
+        if log:
+            log(f"[bench] {name}: {len(domains)} corruption(s) x {len(data.test)} images, {proto.describe()} ...")
+        res = evaluate(method, domains, proto, device=dev, log=log)
         row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict()}
         row["wall_s"] = time.perf_counter() - t0
         out["rows"][name] = row

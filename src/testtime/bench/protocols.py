@@ -69,8 +69,12 @@ class Protocol:
     dirichlet: float | None = None
     shuffle: bool = True
     seed: int = 0
+    fixed_batch_size: int | None = None  # a protocol defined by its batch size (single-sample: 1)
 
     def __post_init__(self) -> None:
+        if self.fixed_batch_size is not None and self.batch_size != self.fixed_batch_size:
+            raise ValueError(f"protocol {self.name!r} has batch_size {self.fixed_batch_size} by definition, "
+                             f"got batch_size={self.batch_size}")
         if self.reset not in ("batch", "domain", "never"):
             raise ValueError(f"reset must be one of batch, domain, never; got {self.reset!r}")
         if self.batch_size < 1:
@@ -153,7 +157,7 @@ PROTOCOLS.add("episodic", Protocol("episodic", reset="batch"))
 PROTOCOLS.add("reset-per-domain", Protocol("reset-per-domain", reset="domain"), aliases=("reset-each-shift",))
 PROTOCOLS.add("continual", Protocol("continual", reset="never"))
 PROTOCOLS.add("mixed", Protocol("mixed", reset="never", mixed=True))
-PROTOCOLS.add("single-sample", Protocol("single-sample", reset="domain", batch_size=1))
+PROTOCOLS.add("single-sample", Protocol("single-sample", reset="domain", batch_size=1, fixed_batch_size=1))
 PROTOCOLS.add("label-shift", Protocol("label-shift", reset="domain", dirichlet=0.1))
 
 
@@ -161,7 +165,7 @@ def get_protocol(name: str, **overrides) -> Protocol:
     """A registered protocol with fields overridden, e.g. ``get_protocol("label-shift", dirichlet=0.01)``."""
     base: Protocol = PROTOCOLS.get(name)
     if overrides:
-        valid = {f.name for f in dataclasses.fields(Protocol)} - {"name"}
+        valid = {f.name for f in dataclasses.fields(Protocol)} - {"name", "fixed_batch_size"}
         bad = sorted(set(overrides) - valid)
         if bad:
             raise ValueError(f"protocol {name!r}: unknown field(s) {bad}; valid: {sorted(valid)}")

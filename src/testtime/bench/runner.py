@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,6 +19,28 @@ from tqdm import tqdm
 
 from testtime.bench.protocols import Batch, Domain, Protocol
 from testtime.methods.base import Method
+
+PROGRESS_EVERY_S = 10.0  # a progress line at most this often during long loops
+
+
+class Heartbeat:
+    """``heart.due()`` is the elapsed time (s) when a progress line is due (at most every ``every_s``
+    seconds, ``PROGRESS_EVERY_S`` by default), else None; always None without ``log``. So a loop longer
+    than that is never silent: ``if (t := heart.due()) is not None: heart.log(f"... ({t:.0f}s)")``."""
+
+    def __init__(self, log: Callable[[str], None] | None, every_s: float | None = None) -> None:
+        self.log = log
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def due(self) -> float | None:
+        if self.log is None:
+            return None
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return None
+        self.last = now
+        return now - self.t0
 
 
 @dataclass
@@ -81,11 +103,14 @@ def evaluate(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Run ``protocol`` over ``domains`` with ``method``; returns per-domain accuracy.
 
     The method is reset whenever the protocol says so (``Batch.reset_before``), and each batch is
     predicted before or after its update as ``protocol.order`` (or the method's default) says.
+    With ``log``, a progress line ("[method] batch i/n, domain, running accuracy") at most every
+    ``PROGRESS_EVERY_S`` seconds.
     """
     if protocol.batch_size < method.requirements.min_batch_size:
         raise ValueError(
@@ -101,9 +126,15 @@ def evaluate(
     offsets = dict(zip((d.name for d in domains), np.cumsum([0] + [len(d.labels) for d in domains])))
     start = time.perf_counter()
     n_batches = sum(-(-len(d.labels) // protocol.batch_size) for d in domains)
-    batches = tqdm(protocol.stream(domains), total=n_batches, disable=not progress, desc=method.name)
-    for batch, pred in run_batches(method, batches, protocol.order, device):
+    heart = Heartbeat(log)
+    seen = hits = 0
+    stream = tqdm(protocol.stream(domains), total=n_batches, disable=not progress, desc=method.name)
+    for k, (batch, pred) in enumerate(run_batches(method, stream, protocol.order, device)):
+        if (t := heart.due()) is not None and heart.log is not None:
+            heart.log(f"[{method.name}] batch {k}/{n_batches} ({batch.domain}), running accuracy "
+                      f"{100.0 * hits / max(1, seen):.1f}% ({t:.0f}s)")
         hit = pred == batch.labels
+        seen, hits = seen + len(hit), hits + int(hit.sum())
         names = batch.domains or (batch.domain,) * len(hit)
         for name, i, p, h in zip(names, batch.index, pred, hit):
             result.correct[name] += int(h)

@@ -10,7 +10,8 @@ methods x protocols x corruptions x severities x eval seeds, hyperparameters cho
 corruptions; every cell (accuracy and cost) goes to ``<run-dir>/results.sqlite`` as soon as it is
 measured (the run dir defaults to ``runs/<source preset name>``, where ``testtime train`` / ``testtime
 cta`` put that preset's checkpoints, which are reused): run the same command again to resume;
-``--shard i/n`` splits the grid between jobs; ``testtime report RUN_DIR`` makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
+``--shard i/n`` splits the grid between jobs; ``testtime report RUN_DIR`` makes the tables.
+Log: ``<run-dir>/bench.log`` and ``grid.log``.
 
 The baselines on a preset (flags only; results in ``bench-<protocol>.json``)::
 
@@ -33,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from testtime.cli import UserError
+from testtime.commands import plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from testtime.bench.protocols import list_protocols
 
     p = subparsers.add_parser("bench", help="a grid of methods from a YAML file (or baselines on a preset)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     from testtime.commands.train import _common
 
     p.add_argument("grid", nargs="?", metavar="CONFIG", help="a bench YAML file or shipped bench config (grid mode)")
@@ -133,9 +135,9 @@ def run_grid_config(args: argparse.Namespace) -> int:
 
 def run_flags(args: argparse.Namespace) -> int:
     from testtime.bench.evaluation import results_table
-    from testtime.bench.grid import run_methods
+    from testtime.bench.grid import method_configs, resolve_protocol, run_methods
     from testtime.commands.train import load_config
-    from testtime.config import config_to_dict
+    from testtime.config import check_runnable, config_to_dict
     from testtime.data.experiment import load_data
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
@@ -152,11 +154,15 @@ def run_flags(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     overrides = parse_method_overrides(args.method_set)
+    order = None if args.order == "method" else args.order
     cfg = load_config(args.preset, args.config, args.overrides)
+    check_runnable(cfg)
+    method_configs(methods, overrides)  # every method's config and the protocol, checked before any work
+    resolve_protocol(cfg, args.protocol, args.batch_size, order)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     data = load_data(cfg.data)
-    order = None if args.order == "method" else args.order
+    check_runnable(cfg, data)
     out = run_methods(cfg, run_dir, data, methods, protocol=args.protocol, batch_size=args.batch_size,
                       order=order, method_overrides=overrides, log=None if args.quiet else print)
     out["command"] = "testtime " + " ".join(getattr(args, "argv", sys.argv[1:]))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from testtime.cli import UserError
+from testtime.commands import interrupt_on_sigterm
 from testtime.corruptions import PARAM_SETS, check_name, list_corruptions
 
 
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.data import load_dataset
 
     torch.set_num_threads(args.threads)
+    interrupt_on_sigterm()  # clean up (workers, temporaries) as for Ctrl-C
     split = load_dataset(args.dataset, args.split, root=args.root)
     if args.limit is not None:
         split = split.take(np.arange(min(args.limit, len(split))))

@@ -57,11 +57,27 @@ def print_status(rows: list[dict], *, verbose: bool, out=None) -> None:
                 print(f"  {'':<{width}}    {mark} looked in {p}", file=out)
 
 
+def next_steps(rows: list[dict], out=None) -> None:
+    """What to do next, from which datasets were found: run the demo, download, or point at a folder."""
+    out = out or sys.stdout
+    found = {r["name"] for r in rows if r["found"] is not None}
+    missing = sorted(r["name"] for r in rows if r["found"] is None and r["downloadable"])
+    print("next:", file=out)
+    if "fashion-mnist" in found:
+        print("  testtime demo                                   # a few-minute CTA run on Fashion-MNIST", file=out)
+        print("  testtime cta --preset fmnist-cpu                # CTA and its baselines' rows (see --help)", file=out)
+    if missing:
+        print(f"  testtime data download NAME                     # NAME: {', '.join(missing)}", file=out)
+    print(f"  testtime data list --root /path                 # or set ${DATA_ENV}=/path, for data already on disk",
+          file=out)
+
+
 def _list(args: argparse.Namespace) -> int:
     rows = dataset_status(args.root)
     where = f"under --root {args.root}" if args.root else f"${DATA_ENV}, {download_home()} and system folders"
     print(f"datasets ({len(rows)}), searched {where}:")
     print_status(rows, verbose=args.verbose)
+    next_steps(rows)
     return 0
 
 

@@ -6,25 +6,66 @@ the grid of the shipped ``demo`` bench config: source, BN, TENT, EATA, SAR, SHOT
 on 6 corruptions (severity 5, 300 test images each). Prints the table and writes a Markdown report
 with its plots (``testtime.report``) into ``<run-dir>/report/``; the path is printed at the end.
 Everything goes to the run dir (default ``runs/demo``): run it again and the stored checkpoints and
-cells are reused. Under 10 minutes on 2 CPU cores (measured in docs/benchmark.md).
+cells are reused. ``--set`` takes a field of the ``demo`` preset (``--set supervised.epochs=2``) or a
+key of the demo bench config (``--set corruptions=[fog,contrast]``, ``--set methods.tent.settings.lr=1e-4``).
+Under 10 minutes on 2 CPU cores (measured in docs/benchmark.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
+
+from testtime.commands import interrupt_on_sigterm, plain
+
+# `--set KEY=VALUE` keys whose first part is one of these go to the demo bench config; the others to
+# its source preset (`demo`), as before: e.g. --set supervised.epochs=2, --set corruptions=[fog]
+BENCH_KEYS = ("run_dir", "corruptions", "severities", "eval_seeds", "protocols", "batch_size", "heldout",
+              "heldout_severity", "fisher_samples", "methods", "source", "preset")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="CTA vs the main baselines on Fashion-MNIST: table and Markdown report", description=__doc__
+        "demo", help="CTA vs the main baselines on Fashion-MNIST: table and Markdown report",
+        description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run-dir", default="runs/demo", help="checkpoints, results store and report (default: runs/demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the demo bench config, e.g. --set source.supervised.epochs=2")
+                   help="override a field of the demo preset (e.g. --set supervised.epochs=2) or a key of the demo "
+                   "bench config (e.g. --set corruptions=[fog])")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=run_demo)
+
+
+DEMO_PREFIX = "testtime-demo-"
+
+
+def remove_stale_demo_dirs(tmp: str | None = None) -> list[str]:
+    """Remove ``testtime-demo-<pid>-*`` temporary folders whose process is gone (a demo killed with -9)."""
+    removed = []
+    base = Path(tmp or tempfile.gettempdir())
+    for d in base.glob(f"{DEMO_PREFIX}*-*"):
+        pid = d.name[len(DEMO_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+        except (PermissionError, OverflowError, OSError):
+            continue  # another user's process, or not a pid
+    return removed
+
+
+def demo_overrides(overrides: list[str]) -> list[str]:
+    """``--set`` items for the bench config: preset fields go under ``source.``."""
+    return [o if o.split("=", 1)[0].split(".", 1)[0].strip() in BENCH_KEYS else f"source.{o}" for o in overrides]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -32,14 +73,16 @@ def run_demo(args: argparse.Namespace) -> int:
     from testtime.bench.spec import load_bench_config, source_config
     from testtime.report import build_tables, load_run, to_markdown, write_report
 
-    bench = load_bench_config("demo", args.overrides)
+    bench = load_bench_config("demo", demo_overrides(args.overrides))
     cfg = source_config(bench)
     run_dir = Path(args.run_dir)
     t0 = time.perf_counter()
+    interrupt_on_sigterm()  # `kill` stops between cells: every measured cell stays in the store
+    remove_stale_demo_dirs()  # temporary folders left by earlier demo versions killed with -9
     print(f"testtime demo: {cfg.data.dataset}, {cfg.model.arch}, {cfg.data.train_per_class} training images per "
           f"class; {len(bench.methods)} methods x {len(bench.corruptions)} corruptions (severity "
-          f"{', '.join(map(str, bench.severities))}, {cfg.data.test_per_class} test images per class); run dir {run_dir}",
-          flush=True)
+          f"{', '.join(map(str, bench.severities))}, {cfg.data.test_per_class} test images per class); "
+          f"run dir {run_dir}", flush=True)
     summary = run_bench(bench, run_dir, log=None if args.quiet else print, progress=not args.quiet)
     print(f"grid: {summary.ran} cells measured, {summary.skipped} reused ({time.perf_counter() - t0:.0f}s)")
     with load_run(run_dir) as store:

@@ -19,7 +19,7 @@ def _report(args: argparse.Namespace) -> int:
     import torch
 
     from testtime import __version__
-    from testtime.commands.data import dataset_status, print_status
+    from testtime.commands.data import dataset_status, next_steps, print_status
     from testtime.data.paths import CACHE_ENV, DATA_ENV, cache_dir
 
     print(f"testtime {__version__}")
@@ -40,6 +40,7 @@ def _report(args: argparse.Namespace) -> int:
     n_found = sum(r["found"] is not None for r in rows)
     print(f"datasets  {n_found} of {len(rows)} found:")
     print_status(rows, verbose=args.verbose)
+    next_steps(rows)
     return 0
 
 

@@ -18,6 +18,7 @@ import re
 import sys
 
 from testtime.cli import UserError
+from testtime.commands import plain
 
 
 def method_info(name: str) -> dict:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("methods", help="list the test-time methods (what they adapt and need)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", help="show one method: requirements, config defaults, description")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

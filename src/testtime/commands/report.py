@@ -18,11 +18,12 @@ import argparse
 from pathlib import Path
 
 from testtime.cli import UserError
+from testtime.commands import plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="tables and plots of a run directory's results",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (results.sqlite, results.json, bench-*.json)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     p.add_argument("--ref", default="cta", help="reference column of the Δ (ours − other) row (default: cta)")

@@ -7,7 +7,9 @@ config is :class:`testtime.bench.spec.BenchConfig`.
 
 from testtime.config.core import apply_overrides, closest, config_from_dict, config_to_dict, read_yaml
 from testtime.config.pipeline import (
+    EVAL_ROWS,
     HELDOUT_4,
+    NAME_RE,
     STAGES,
     AlignStageConfig,
     DataConfig,
@@ -18,9 +20,13 @@ from testtime.config.pipeline import (
     ProbeStageConfig,
     SSLStageConfig,
     TTTConfig,
+    check_device,
+    check_range,
+    check_runnable,
 )
 
 __all__ = [
+    "EVAL_ROWS", "NAME_RE", "check_device", "check_range", "check_runnable",
     "HELDOUT_4", "STAGES", "AlignStageConfig", "DataConfig", "EvalConfig", "JointStageConfig", "ModelConfig",
     "PipelineConfig", "ProbeStageConfig", "SSLStageConfig", "TTTConfig", "apply_overrides", "closest",
     "config_from_dict", "config_to_dict", "read_yaml",

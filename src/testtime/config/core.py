@@ -98,7 +98,13 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     if unknown:
         raise ValueError(unknown_key_message(where, unknown, names))
     kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own check (TrainConfig, ...): name the section
+        msg = str(exc)
+        if where and not msg.startswith(where):
+            raise ValueError(f"{where}: {msg}") from None
+        raise
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -116,7 +122,13 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        if not all(parts):
+            raise ValueError(f"--set: expected a dotted key such as ttt.lr, got {key!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"--set {key}: cannot read the value {raw!r} as YAML ({first})") from None
     return out
 
 

@@ -25,11 +25,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -154,9 +158,51 @@ def plan(
 _WORKER: dict = {}
 
 
-def _init_worker(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str) -> None:
+def _exit_when_orphaned(parent: int, every_s: float = 0.5) -> None:
+    """A worker's watchdog: leave at once when the parent is gone (kill -9, SIGTERM, crash)."""
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], name: str, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it (no worker tracebacks)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="parent-watch").start()
     torch.set_num_threads(1)  # one process per core: intra-op threads only add contention
     _WORKER["split"] = ImageSplit(images, labels, classes, name)
+
+
+def _run_pool(workers: int, split: ImageSplit, jobs: list[tuple], on_done) -> None:
+    """Run ``_write_block_in_worker(job)`` for every job in ``workers`` spawn processes, calling
+    ``on_done(result)`` as each finishes. On any error or interrupt the workers are killed (a block
+    being written is lost; its temporary file is removed by the next run) and the error re-raised."""
+    ctx = multiprocessing.get_context("spawn")
+    init = (split.images, split.labels, split.classes, split.name, os.getpid())
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init)
+    try:
+        # The workers start during the submissions, with SIGINT blocked (the signal mask is inherited),
+        # so Ctrl-C while they import prints no worker traceback; here it stays pending and is raised as
+        # KeyboardInterrupt once the mask is restored.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+        try:
+            futures = [ex.submit(_write_block_in_worker, job) for job in jobs]
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for fut in as_completed(futures):
+            on_done(fut.result())
+    except BaseException:
+        procs = list(getattr(ex, "_processes", {}).values())  # the pool keeps them here (CPython 3.9+)
+        ex.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(5)
+        raise
+    ex.shutdown(wait=True)
 
 
 def _write_block(
@@ -205,6 +251,30 @@ def _write_block_in_worker(args: tuple) -> tuple[str, int, int]:
     return _write_block(_WORKER["split"], *args)
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold ``out/.lock`` (``flock``, released by the OS when the holder dies, so never stale) for a run."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ValueError(
+                f"out: {out} is in use by pid {pid} (another run writing there); wait for it or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def materialize(
     split: ImageSplit,
     out: str | os.PathLike,
@@ -242,6 +312,16 @@ def materialize(
         raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):  # one run per folder: a second one fails at once, naming the first one's pid
+        return _materialize_locked(split, out, record, corruptions, chunk_size, device, grey_as_rgb, workers,
+                                   layout, progress)
+
+
+def _materialize_locked(
+    split: ImageSplit, out: Path, record: dict, corruptions: Sequence[str], chunk_size: int,
+    device: str | torch.device, grey_as_rgb: bool, workers: int, layout: str, progress: bool,
+) -> list[Path]:  # fmt: skip
+    seed = record["seed"]
     partial = out / ".partial"
     names = [check_name(c) for c in corruptions]
     sevs = record["severities"]
@@ -299,25 +379,20 @@ def materialize(
                 if not pending[name]:
                     finish(name)
         elif jobs:
-            ctx = multiprocessing.get_context("spawn")
-            init = (split.images, split.labels, split.classes, split.name)
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as ex:
-                futures = [ex.submit(_write_block_in_worker, (m, s, *common, str(part_of(m, s)))) for m, s in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        name, s, count = fut.result()
-                        bar.update(count)
-                        bar.set_postfix_str(f"{name} {s}")
-                        pending[name].discard(s)
-                        if not pending[name]:
-                            finish(name)
-                except BaseException:
-                    ex.shutdown(wait=True, cancel_futures=True)
-                    raise
+
+            def done(result: tuple[str, int, int]) -> None:
+                name, s, count = result
+                bar.update(count)
+                bar.set_postfix_str(f"{name} {s}")
+                pending[name].discard(s)
+                if not pending[name]:
+                    finish(name)
+
+            _run_pool(workers, split, [(m, s, *common, str(part_of(m, s))) for m, s in jobs], done)
     finally:
         bar.close()
-    if partial.is_dir() and not any(partial.iterdir()):
-        shutil.rmtree(partial)
+    if partial.is_dir():  # every block of this run is assembled: what is left is stale (another run's)
+        shutil.rmtree(partial, ignore_errors=True)
     return [out / f"{name}.npy" for name in names]
 
 
@@ -340,18 +415,12 @@ def _materialize_folders(
                 bar.set_postfix_str(f"{name} {s}")
                 _write_block(split, name, s, *common, str(out / name / str(s)), on_chunk=bar.update)
         elif jobs:
-            ctx = multiprocessing.get_context("spawn")
-            init = (split.images, split.labels, split.classes, split.name)
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as ex:
-                futures = [ex.submit(_write_block_in_worker, (m, s, *common, str(out / m / str(s)))) for m, s in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        name, s, count = fut.result()
-                        bar.update(count)
-                        bar.set_postfix_str(f"{name} {s}")
-                except BaseException:
-                    ex.shutdown(wait=True, cancel_futures=True)
-                    raise
+
+            def done(result: tuple[str, int, int]) -> None:
+                bar.update(result[2])
+                bar.set_postfix_str(f"{result[0]} {result[1]}")
+
+            _run_pool(workers, split, [(m, s, *common, str(out / m / str(s))) for m, s in jobs], done)
     finally:
         bar.close()
     return [out / name for name in names]

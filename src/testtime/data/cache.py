@@ -86,5 +86,5 @@ def read_cached(folder: Path, key: str) -> ImageSplit | None:
         meta = dict(info["meta"])
         meta["cache"] = str(js)
         return ImageSplit(images, labels, tuple(info["classes"]), info["name"], meta)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError):  # zero-byte or truncated files: rebuilt
         return None

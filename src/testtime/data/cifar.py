@@ -52,10 +52,45 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+MAX_PICKLED_BYTES = 1 << 30  # the largest array a CIFAR pickle may describe (the releases hold 30.7 MB)
+
+
+class _NdarrayType:
+    """``numpy.ndarray`` as the pickle names it: usable only as ``_reconstruct``'s subtype, never called
+    (a pickle that calls ``numpy.ndarray(shape)`` could ask for terabytes before any check)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("the pickle calls numpy.ndarray(...) directly, which no CIFAR release does")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` for plain ndarrays of a bounded size (checked before allocating)."""
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    size = int(np.prod(dims, dtype=object)) * np.dtype(np.uint8 if isinstance(dtype, bytes) else dtype).itemsize
+    if size > MAX_PICKLED_BYTES:
+        raise pickle.UnpicklingError(f"an array of shape {shape} ({size / 2**30:.0f} GiB) is larger than any release")
+    return _numpy_reconstruct()(np.ndarray, shape, dtype)
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3's protocol-2 pickles use it for bytes (latin1 only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} (only the latin1 of bytes objects is read)")
+    return text.encode("latin1")
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy", "ndarray"): np.ndarray,
+    ("_codecs", "encode"): _latin1_encode,  # bytes in a protocol-2 pickle written by Python 3
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
 }
 
@@ -85,7 +120,8 @@ def safe_unpickle(path: Path) -> dict[str, Any]:
             obj = _RestrictedUnpickler(f, path).load()
     except DatasetError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError,
+            OverflowError) as exc:
         raise DatasetError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a pickled dict, got {type(obj).__name__}")

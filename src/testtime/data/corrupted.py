@@ -51,15 +51,30 @@ def _check_c_kw(split: str, corruption: Any = None, severity: Any = 5, **_: Any)
 
 
 def is_cifar_c_dir(folder: Path) -> bool:
-    return (folder / "labels.npy").is_file() and any((folder / f"{c}.npy").is_file() for c in CORRUPTIONS_ALL)
+    """A folder with a ``<corruption>.npy`` (its ``labels.npy`` is checked by the loader, with a clear error)."""
+    return any((folder / f"{c}.npy").is_file() for c in CORRUPTIONS_ALL)
+
+
+def check_npy_magic(path: Path) -> None:
+    """A DatasetError naming what ``path`` is when it is not a .npy file (empty, another format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    if not head:
+        raise DatasetError(f"{path}: empty file (0 bytes); write it again (testtime corrupt) or remove it")
+    if head != b"\x93NUMPY":
+        raise DatasetError(f"{path}: not a .npy file (it starts with {head!r}, not b'\\x93NUMPY')")
 
 
 def _open_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
+    check_npy_magic(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:  # bad header, object arrays (would need pickle), truncated data
+    except (ValueError, EOFError) as exc:  # bad header, object arrays (would need pickle), truncated data
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None
@@ -80,6 +95,8 @@ def load_cifar_c(
         present = sorted(p.stem for p in folder.glob("*.npy") if p.stem in CORRUPTIONS_ALL)
         raise FileNotFoundError(f"{path} not found; corruptions present in {folder}: {', '.join(present) or 'none'}")
     data = _open_npy(path)
+    if not (folder / "labels.npy").is_file():
+        raise FileNotFoundError(f"{folder / 'labels.npy'} is missing beside {path.name} (the release ships both)")
     labels = _open_npy(folder / "labels.npy")
     if data.dtype != np.uint8 or data.ndim != 4 or data.shape[3] != 3:
         raise DatasetError(f"{path}: expected uint8 (N, H, W, 3), got {data.dtype} {data.shape}")
@@ -168,7 +185,10 @@ def load_tiny_imagenet(
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in label_of:
                 raise DatasetError(f"{ann}:{n}: expected '<file>\\t<wnid>\\t...' with a wnid of wnids.txt")
-            path = folder / "val" / "images" / parts[0]
+            fname = parts[0]
+            if not fname or fname != Path(fname).name or fname in (".", ".."):  # no '../', no sub-paths
+                raise DatasetError(f"{ann}:{n}: {fname!r} is not a plain file name in val/images/")
+            path = folder / "val" / "images" / fname
             try:
                 st = path.stat()
             except OSError:

@@ -138,7 +138,8 @@ def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None 
     if found is None:
         where = ", ".join(str(p) for p in searched[:8]) + (" ..." if len(searched) > 8 else "")
         raise FileNotFoundError(
-            f"dataset {spec.name} not found (needs {spec.needs}); searched: {where}. Pass root=/path or set ${DATA_ENV}"
+            f"dataset {spec.name} not found (needs {spec.needs}); searched: {where}. Give its folder (--root on "
+            f"the command line, data.root in a config, root= in Python) or set ${DATA_ENV}"
         )
     return spec.loader(found, split, **kw)
 

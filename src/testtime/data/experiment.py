@@ -45,10 +45,14 @@ def load_data(cfg: DataConfig, eval_seed: int | None = None) -> PipelineData:
     if root is None and cfg.root_env:
         root = os.environ.get(cfg.root_env) or None
     if cfg.dataset == "imagefolder" and root is None:
-        raise ValueError(f"data.root: an image-folder dataset needs a root (set data.root= or ${cfg.root_env})")
+        env = f" or the environment variable ${cfg.root_env}" if cfg.root_env else ""
+        raise ValueError(f"data.root: an image-folder dataset needs its folder: --set data.root=/path{env}")
     train = load_dataset(cfg.dataset, split=cfg.train_split, root=root)
     if cfg.train_per_class is not None:
-        train = subset_per_class(train, cfg.train_per_class, seed=cfg.seed)
+        try:
+            train = subset_per_class(train, cfg.train_per_class, seed=cfg.seed)
+        except ValueError as exc:
+            raise ValueError(f"data.train_per_class: {exc}") from None
     pool = load_dataset(cfg.dataset, split=cfg.test_split, root=root)
     test, heldout = _subsets(pool, cfg, cfg.eval_seed if eval_seed is None else eval_seed)
     return PipelineData(train, test, heldout, pool)
@@ -60,18 +64,22 @@ def eval_subset(pool: ImageSplit, cfg: DataConfig, eval_seed: int | None) -> Ima
 
 
 def _subsets(pool: ImageSplit, cfg: DataConfig, eval_seed: int | None) -> tuple[ImageSplit, ImageSplit]:
-    rows_test = per_class_rows(pool.labels, cfg.test_per_class, cfg.seed)
-    rows_held = per_class_rows(pool.labels, cfg.heldout_per_class, cfg.seed + 1, exclude=rows_test)
+    rows_test = per_class_rows(pool.labels, cfg.test_per_class, cfg.seed, where="data.test_per_class")
+    rows_held = per_class_rows(pool.labels, cfg.heldout_per_class, cfg.seed + 1, exclude=rows_test,
+                               where="data.heldout_per_class")
     seed = cfg.seed if eval_seed is None else eval_seed
     if seed != cfg.seed:
-        rows_test = per_class_rows(pool.labels, cfg.test_per_class, seed, exclude=rows_held)
+        rows_test = per_class_rows(pool.labels, cfg.test_per_class, seed, exclude=rows_held,
+                                   where="data.test_per_class")
     test = pool.take(rows_test, name=f"{pool.name}[{cfg.test_per_class}/class,seed={seed}]")
     heldout = pool.take(rows_held, name=f"{pool.name}[heldout {cfg.heldout_per_class}/class]")
     return test, heldout
 
 
-def per_class_rows(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """``n`` seeded rows of every class (sorted), none of them in ``exclude``."""
+def per_class_rows(
+    labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None, where: str = "n"
+) -> np.ndarray:
+    """``n`` seeded rows of every class (sorted), none of them in ``exclude``; errors name ``where``."""
     rng = np.random.default_rng(seed)
     banned = np.zeros(len(labels), dtype=bool)
     if exclude is not None:
@@ -80,8 +88,7 @@ def per_class_rows(labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | 
     for c in np.unique(labels):
         idx = np.flatnonzero((labels == c) & ~banned)
         if len(idx) < n:
-            raise ValueError(f"n={n}: class {c} has only {len(idx)} images left")
+            left = " left (after the test subset)" if exclude is not None else ""
+            raise ValueError(f"{where}={n}: class {c} has only {len(idx)} images{left}")
         keep.append(idx[rng.permutation(len(idx))[:n]])
     return np.sort(np.concatenate(keep))
-
-

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from testtime.data.cache import cache_key, read_cached, write_cached
 from testtime.data.errors import DatasetError
@@ -73,6 +74,9 @@ def scan_class_folders(
     return items, stats, skipped
 
 
+PROGRESS_MIN = 2000  # images: fewer decode in a few seconds, without a progress bar
+
+
 def decode_images(
     items: list[tuple[str | Path, int]], *, on_bad_file: str, size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -85,11 +89,14 @@ def decode_images(
     labels = np.empty(len(items), dtype=np.int64)
     bad: list[str] = []
     n = 0
-    for path, label in items:
+    # a progress bar (stderr) for a first decode long enough to look hung; the cache makes later loads fast
+    bar = tqdm(items, desc="decoding images (cached afterwards)", unit="img", disable=len(items) < PROGRESS_MIN,
+               dynamic_ncols=True, mininterval=2.0)
+    for path, label in bar:
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             if on_bad_file == "error":
                 raise DatasetError(f"cannot decode image {path}: {exc}") from None
             bad.append(str(path))

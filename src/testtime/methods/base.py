@@ -141,6 +141,21 @@ def use_batch_statistics(model: nn.Module) -> None:
         m.momentum = 0.0
 
 
+def restore_state(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Copy ``saved`` (a state dict) into ``module``'s tensors in place: one flat ``_foreach_copy_``.
+
+    Same result as ``module.load_state_dict(saved, strict=True)`` without its walk over the modules
+    (on a ResNet-8, 1 to 4 ms on the project's loaded 2-core CPU; the copy itself 0.05 ms). Different keys or shapes
+    fall back to ``load_state_dict``, which raises its usual error.
+    """
+    live = module.state_dict(keep_vars=True)
+    if live.keys() != saved.keys() or any(t.shape != saved[k].shape for k, t in live.items()):
+        module.load_state_dict(saved, strict=True)
+        return
+    with torch.no_grad():
+        torch._foreach_copy_([t.detach() for t in live.values()], [saved[k] for k in live])
+
+
 class Method(nn.Module):
     """Base class; see the module docstring."""
 
@@ -183,9 +198,12 @@ class Method(nn.Module):
         }
 
     def reset(self) -> None:
-        """Restore the snapshot exactly: weights, BN statistics, declared state, optimiser state."""
+        """Restore the snapshot exactly: weights, BN statistics, declared state, optimiser state.
+
+        The tensors are restored with one flat in-place copy (:func:`restore_state`), no module copy.
+        """
         assert self._snapshot is not None
-        self.load_state_dict(self._snapshot["state"], strict=True)
+        restore_state(self, self._snapshot["state"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optim"]))
         self.generator.set_state(self._snapshot["rng"])
@@ -258,6 +276,10 @@ class Method(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"{self.name}: x must be a float tensor (B, C, H, W) in [0, 1], got "
                              f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        if not bool(torch.isfinite(x).all()):  # BN would spread one NaN pixel over the whole batch
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise ValueError(f"{self.name}: x has NaN or Inf values in {bad} of {x.shape[0]} images; "
+                             "pass finite images (testtime.api.Adapter(on_nonfinite='drop') drops them)")
         if x.shape[0] < self.requirements.min_batch_size:
             raise ValueError(
                 f"method {self.name!r} needs batches of at least {self.requirements.min_batch_size} images, "

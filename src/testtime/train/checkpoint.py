@@ -97,8 +97,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         side = json.loads(js.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"checkpoint sidecar {js} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
-    if side.get("format") != FORMAT:
-        raise ValueError(f"{js}: not a testtime checkpoint (format {side.get('format')!r}, expected {FORMAT!r})")
+    if not isinstance(side, dict) or side.get("format") != FORMAT:
+        fmt = side.get("format") if isinstance(side, dict) else None
+        raise ValueError(f"{js}: not a testtime checkpoint (format {fmt!r}, expected {FORMAT!r})")
+    digest = side.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"{js}: the sidecar has no valid sha256 of the weights; the checkpoint cannot be verified")
+    if not isinstance(side.get("meta", {}), dict):
+        raise ValueError(f"{js}: the sidecar's 'meta' is not a mapping; the checkpoint is corrupted")
     return side
 
 
@@ -115,7 +121,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"checkpoint {st} is corrupted or was modified: sha256 {digest[:12]}... does not match the "
             f"sidecar's {side['sha256'][:12]}...; nothing was loaded"
         )
-    return st_load(data), side["meta"]
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError (header, sizes, dtypes)
+        what = "a Python pickle or torch.save zip" if data[:1] == b"\x80" or data[:2] == b"PK" else "corrupted"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{st} is {what}, not a valid safetensors file ({first}); nothing was loaded (pickles are never read)"
+        ) from None
+    return tensors, side.get("meta", {})
 
 
 def module_tensors(modules: dict[str, nn.Module], prefix: str = "model") -> dict[str, torch.Tensor]:

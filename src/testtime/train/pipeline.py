@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,9 @@ from testtime.bench.evaluation import (  # noqa: F401  (re-exported)
     results_table,
 )
 from testtime.config import (  # noqa: F401  (re-exported)
+    EVAL_ROWS,
     HELDOUT_4,
+    NAME_RE,
     STAGES,
     AlignStageConfig,
     DataConfig,
@@ -58,6 +62,9 @@ from testtime.config import (  # noqa: F401  (re-exported)
     SSLStageConfig,
     TTTConfig,
     apply_overrides,
+    check_device,
+    check_range,
+    check_runnable,
     config_from_dict,
     config_to_dict,
 )
@@ -66,6 +73,7 @@ from testtime.data.experiment import PipelineData, load_data, per_class_rows  # 
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
 from testtime.train.checkpoint import save_modules
+from testtime.train.distributed import is_main
 from testtime.train.objectives import (
     AlignObjective,
     JointObjective,
@@ -85,7 +93,80 @@ def _meta(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
         "stage_config": _stage_cfg(cfg, stage),
         "seed": cfg.seed,
         "device": cfg.device,
+        **_source_settings(cfg),
+        "threads": torch.get_num_threads(),
     }
+
+
+def _source_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings (besides the stage's own) that a stage's weights depend on: its checkpoint is reused
+    only when they match (:func:`check_reuse`)."""
+    d = cfg.data
+    return {
+        "data_config": {"dataset": d.dataset, "train_split": d.train_split, "train_per_class": d.train_per_class,
+                        "seed": d.seed},
+        "model_config": config_to_dict(cfg.model),
+    }
+
+
+def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSplit) -> None:
+    """Refuse to reuse ``<run_dir>/<stage>`` (final or resume checkpoint) trained on other data or model
+    settings, and to resume with another thread count (the weights would match no uninterrupted run)."""
+    from testtime.train.checkpoint import checkpoint_exists, read_meta
+
+    want = {**_source_settings(cfg), "seed": cfg.seed, "arch": cfg.model.arch,
+            "train_set": {"name": train.name, "size": len(train)}}
+    for path in (run_dir / stage, run_dir / f"{stage}.resume"):
+        if not checkpoint_exists(path):
+            continue
+        side = read_meta(path)
+        old = side.get("meta", {})
+        now = json.loads(json.dumps(want))
+        diff = [k for k in now if k in old and old[k] != now[k]]
+        if diff:
+            k = diff[0]
+            changed = sorted(f for f in now[k] if old[k].get(f) != now[k][f]) if isinstance(now[k], dict) and \
+                isinstance(old[k], dict) else []
+            what = ", ".join(f"{k}.{f} was {old[k].get(f)!r}, now {now[k][f]!r}" for f in changed) or \
+                f"{k} was {old[k]!r}, now {now[k]!r}"
+            more = f" (also {', '.join(diff[1:])})" if len(diff) > 1 else ""
+            raise ValueError(f"{path}.safetensors was trained with other settings: {what}{more}; "
+                             "use another --run-dir or delete it to retrain")
+        if path.name.endswith(".resume"):
+            then = int(old.get("threads", side.get("environment", {}).get("cpu_threads", 0)) or 0)
+            if then and then != torch.get_num_threads():
+                raise ValueError(
+                    f"{path}.safetensors was written with {then} CPU threads and this run uses "
+                    f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
+                    f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
+                )
+
+
+def check_run_dir(cfg: PipelineConfig, run_dir: str | Path, train: ImageSplit, stages: Sequence[str]) -> set[str]:
+    """:func:`check_reuse` for ``stages`` and their prerequisites (returned), before any training."""
+    need = set(stages)
+    if need & {"align", "probe"}:
+        need.add("ssl")
+    if need & {"ssl", "align", "joint"}:
+        need.add("supervised")
+    for stage in STAGES:  # supervised always runs (or loads): every model starts from it
+        if stage in need or stage == "supervised":
+            check_reuse(cfg, Path(run_dir), stage, train)
+    return need
+
+
+def apply_threads(cfg: PipelineConfig, log: Logger | None = print) -> int:
+    """``torch.set_num_threads(cfg.threads)`` when set, saying so when it overrides ``$OMP_NUM_THREADS``.
+
+    Results on CPU depend (in the last digits) on the thread count; it is recorded with every checkpoint.
+    """
+    if cfg.threads:
+        env = os.environ.get("OMP_NUM_THREADS")
+        if env and env.strip() != str(cfg.threads) and log:
+            log(f"threads={cfg.threads} from the config overrides OMP_NUM_THREADS={env} "
+                "(pass --set threads=null to follow OMP_NUM_THREADS)")
+        torch.set_num_threads(cfg.threads)
+    return torch.get_num_threads()
 
 
 def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
@@ -94,6 +175,22 @@ def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
 
 def _train_cfg(cfg: PipelineConfig, t: TrainConfig) -> TrainConfig:
     return dataclasses.replace(t, device=cfg.device, seed=cfg.seed if t.seed == 0 else t.seed)
+
+
+def _progress(stage: str, t: TrainConfig, train: ImageSplit, log: Logger | None) -> Callable[[int, dict], None]:
+    """A ``fit`` callback that prints the step and losses at most every ``PROGRESS_EVERY_S`` seconds
+    (the trainer's own lines come every ``log_every`` steps, which may be minutes apart on a CPU)."""
+    from testtime.bench.runner import Heartbeat
+
+    heart = Heartbeat(log)
+    total = max(1, int(round(t.epochs * (len(train) // t.batch_size))))
+
+    def on_step(step: int, logs: dict) -> None:
+        if (el := heart.due()) is not None and heart.log is not None:
+            vals = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            heart.log(f"[{stage}] step {step}/{total} {vals} ({el:.0f}s)")
+
+    return on_step
 
 
 def new_classifier(cfg: PipelineConfig, data: ImageSplit) -> nn.Module:
@@ -137,16 +234,11 @@ def run_stages(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    apply_threads(cfg, log)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = data.train if isinstance(data, PipelineData) else data
-    need = set(stages)
-    if need & {"align", "probe"}:
-        need.add("ssl")
-    if need & {"ssl", "align", "joint"}:
-        need.add("supervised")
+    need = check_run_dir(cfg, run_dir, train, stages)
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
@@ -156,6 +248,7 @@ def run_stages(
         run_dir,
         "supervised",
         meta=_meta(cfg, "supervised"),
+        on_step=_progress("supervised", cfg.supervised, train, log),
         log=log,
     )
     m.supervised = sup
@@ -174,6 +267,7 @@ def run_stages(
             run_dir,
             "ssl",
             meta=_meta(cfg, "ssl"),
+            on_step=_progress("ssl", cfg.ssl.train, train, log),
             log=log,
         )
         m.ssl = ProjectedClassifier(g, pi, sup.fc)
@@ -183,7 +277,8 @@ def run_stages(
         f = copy.deepcopy(sup.encoder)
         obj = AlignObjective(g, pi, f, sup.fc, cfg.align.weights)
         m.fits["align"] = fit(
-            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"), log=log
+            obj, train, _train_cfg(cfg, cfg.align.train), run_dir, "align", meta=_meta(cfg, "align"),
+            on_step=_progress("align", cfg.align.train, train, log), log=log,
         )
         m.aligned = ProjectedClassifier(g, pi, sup.fc)
         # the test-time bundle h(pi(g(.))) alone: f is not in it, so it is never loaded at test time
@@ -195,7 +290,8 @@ def run_stages(
             "through_projector": True,
             "method": "cta",
         }
-        save_modules(run_dir / "cta", {"encoder": g, "projector": pi, "head": sup.fc}, bundle_meta)
+        if is_main():  # one writer under torchrun
+            save_modules(run_dir / "cta", {"encoder": g, "projector": pi, "head": sup.fc}, bundle_meta)
     if "probe" in need:
         assert m.ssl is not None
         feats = nn.Sequential(copy.deepcopy(m.ssl.encoder), copy.deepcopy(m.ssl.projector))
@@ -208,6 +304,7 @@ def run_stages(
             run_dir,
             "probe",
             meta=_meta(cfg, "probe"),
+            on_step=_progress("probe", cfg.probe.train, train, log),
             log=log,
         )
         m.probe = ProjectedClassifier(feats[0], feats[1], head)
@@ -220,7 +317,8 @@ def run_stages(
         pi_y = projector(d, identity=cfg.joint.init == "supervised")
         obj = JointObjective(base.encoder, base.fc, pi_y, tau=cfg.joint.tau, ssl_weight=cfg.joint.ssl_weight)
         m.fits["joint"] = fit(
-            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"), log=log
+            obj, train, _train_cfg(cfg, cfg.joint.train), run_dir, "joint", meta=_meta(cfg, "joint"),
+            on_step=_progress("joint", cfg.joint.train, train, log), log=log,
         )
         m.joint = ProjectedClassifier(base.encoder, pi_y, base.fc, through_projector=False)
     return m

@@ -12,6 +12,11 @@ weights and buffers of every module, the optimiser moments and the step (safeten
 killed at any point and restarted with the same command ends with the same weights, bit for bit on
 CPU, as an uninterrupted run.
 
+Data parallelism: under ``torchrun`` (a process group initialised, see
+:mod:`testtime.train.distributed`) every rank trains on its rows of each global batch of
+``batch_size`` images with the augmentation draws of the single-process run, gradients are averaged
+over ranks, and only rank 0 logs and writes checkpoints; one process is unchanged bit for bit.
+
 Example::
 
     from testtime.train import SupervisedObjective, TrainConfig, fit
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from testtime.data.split import ImageSplit
+from testtime.train import distributed as D
 from testtime.train.checkpoint import (
     checkpoint_exists,
     load_checkpoint,
@@ -44,6 +50,7 @@ from testtime.train.checkpoint import (
     save_checkpoint,
 )
 from testtime.train.objectives import Objective
+from testtime.transforms.slicing import batch_slice
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,10 @@ def fit(
     """
     if len(data) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(data)} images)")
+    world = D.world_size()
+    lo, hi = D.local_rows(config.batch_size)  # (0, batch_size) in one process
+    if not D.is_main():
+        log = None
     device = torch.device(config.device)
     objective.to(device)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -172,6 +183,8 @@ def fit(
             "train_set": {"name": data.name, "size": len(data)},
         }
     )
+    if world > 1:
+        meta["data_parallel"] = {"world_size": world, "backend": D.dist.get_backend()}
     final = Path(run_dir) / name if run_dir is not None else None
     resume_path = Path(run_dir) / f"{name}.resume" if run_dir is not None else None
     if final is not None and resume and checkpoint_exists(final):
@@ -210,14 +223,18 @@ def fit(
             log(f"[{name}] resuming at step {start}/{total} from {resume_path}.safetensors")
 
     def save_resume(step: int) -> None:
-        if resume_path is None:
-            return
-        ot, groups = optimizer_tensors(opt)
-        save_checkpoint(
-            resume_path, {**module_tensors(objective.modules), **ot}, {**meta, "step": step, "optimizer_groups": groups}
-        )
+        if resume_path is not None and D.is_main():
+            ot, groups = optimizer_tensors(opt)
+            save_checkpoint(
+                resume_path,
+                {**module_tensors(objective.modules), **ot},
+                {**meta, "step": step, "optimizer_groups": groups},
+            )
+        D.barrier()
 
     objective.set_modes()
+    D.broadcast_modules(objective.modules.values())  # the same start on every rank (no-op in one process)
+    stats = D.running_stats(objective.modules[n] for n in objective.trainable) if world > 1 else []
     result = FitResult(name, total, start, 0.0)
     t0 = time.perf_counter()
     images = torch.from_numpy(data.images)  # (N, H, W, C) uint8
@@ -231,19 +248,27 @@ def fit(
             order = np.random.default_rng([int(config.seed), int(epoch)]).permutation(n)
             order_epoch = epoch
         assert order is not None
-        idx = torch.from_numpy(order[k * config.batch_size : (k + 1) * config.batch_size])
+        idx = torch.from_numpy(order[k * config.batch_size : (k + 1) * config.batch_size][lo:hi])
         x = images[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=fmt)  # (B, C, H, W)
         y = labels[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, config)
-        loss, logs = objective.loss(x, y, step_generator(config.seed, step))
-        if not torch.isfinite(loss):
+        if world > 1:  # this rank's rows, with the global batch's augmentation draws
+            with batch_slice(lo, hi, config.batch_size):
+                loss, logs = objective.loss(x, y, step_generator(config.seed, step))
+            opt.zero_grad(set_to_none=True)
+            ok, logs = D.average_step(loss, logs, params, stats)
+        else:
+            loss, logs = objective.loss(x, y, step_generator(config.seed, step))
+            opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+        if ok:
+            opt.step()
+        else:
             result.skipped_nonfinite += 1
             opt.zero_grad(set_to_none=True)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
         for key, v in logs.items():
             running[key] = running.get(key, 0.0) + v
         running["_n"] = running.get("_n", 0.0) + 1
@@ -268,7 +293,7 @@ def fit(
         if on_step is not None:
             on_step(done, logs)
     result.wall_s = time.perf_counter() - t0
-    if final is not None:
+    if final is not None and D.is_main():
         save_checkpoint(
             final,
             module_tensors(objective.modules),
@@ -280,9 +305,11 @@ def fit(
                 "skipped_nonfinite": result.skipped_nonfinite,
             },
         )
-        result.checkpoint = str(final)
         for suffix in (".safetensors", ".json"):
             p = resume_path.with_name(resume_path.name + suffix)  # type: ignore[union-attr]
             if p.exists():
                 p.unlink()
+    if final is not None:
+        result.checkpoint = str(final)
+    D.barrier()
     return result

@@ -41,6 +41,7 @@ from testtime.losses import cross_entropy
 from testtime.losses.rotation import rotation_loss
 from testtime.models.heads import AuxHeadModel, with_aux_head
 from testtime.train.checkpoint import checkpoint_exists, load_modules, read_meta, save_modules
+from testtime.train.distributed import barrier, is_main
 from testtime.train.objectives import JointObjective, Objective
 from testtime.train.trainer import fit
 from testtime.transforms.rotation import rotate_expand, rotate_random
@@ -179,5 +180,7 @@ def train_aux_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str,
     if log:
         log(f"[ttt++] source statistics of {int(info['n'])} images: " +
             ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k != "n"))
-    save_modules(final, {n: getattr(model, n) for n in _MODULES + _STATS}, {**meta, "source_stats": info})
+    if is_main():  # one writer under torchrun (every rank computed the same statistics)
+        save_modules(final, {n: getattr(model, n) for n in _MODULES + _STATS}, {**meta, "source_stats": info})
+    barrier()
     return model.eval()

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from testtime.transforms.slicing import draw_rows
+
 NUM_ROTATIONS = 4
 
 
@@ -72,5 +74,6 @@ def rotate_random(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, to
     Returns ((B, C, H, W) rotated images, (B,) int64 labels on ``x.device``).
     """
     _check_square(x)
-    labels = torch.randint(0, NUM_ROTATIONS, (x.shape[0],), generator=g).to(x.device)
+    n, mine = draw_rows(x.shape[0])  # all rows, except inside batch_slice (data parallelism)
+    labels = torch.randint(0, NUM_ROTATIONS, (n,), generator=g)[mine].to(x.device)
     return rotate_by_labels(x, labels), labels

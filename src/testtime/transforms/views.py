@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from testtime.transforms import functional as TF
+from testtime.transforms.slicing import draw_rows
 
 _JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
@@ -119,22 +120,23 @@ def simclr_augment(x: torch.Tensor, g: torch.Generator, cfg: SimCLRViewsConfig =
     """
     _check_images(x)
     b, c, hh, ww = x.shape
-    boxes = sample_crop_boxes(b, hh, ww, cfg.crop_scale, cfg.crop_ratio, g)
-    flip = torch.rand(b, generator=g) < cfg.flip_p
+    n, mine = draw_rows(b)  # n = b, mine = all rows, except inside batch_slice (data parallelism)
+    boxes = sample_crop_boxes(n, hh, ww, cfg.crop_scale, cfg.crop_ratio, g)[mine]
+    flip = (torch.rand(n, generator=g) < cfg.flip_p)[mine]
     out = TF.resized_crop(x, boxes.to(x.device), (hh, ww), flip)
     # colour jitter: per-image factors, applied with p jitter_p, in a random order per image
-    apply = torch.rand(b, generator=g) < cfg.jitter_p
+    apply = (torch.rand(n, generator=g) < cfg.jitter_p)[mine]
     factors = torch.stack(
         [
-            _uniform(b, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g),
-            _uniform(b, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, g),
-            _uniform(b, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g),
-            _uniform(b, -cfg.hue, cfg.hue, g),
+            _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, g),
+            _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, g),
+            _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, g),
+            _uniform(n, -cfg.hue, cfg.hue, g),
         ],
         dim=1,
-    ).to(torch.float32)  # (B, 4)
-    order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)  # (B, 4) a permutation per image
-    gray = torch.rand(b, generator=g) < cfg.grayscale_p
+    ).to(torch.float32)[mine]  # (B, 4)
+    order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)[mine]  # (B, 4) a permutation per image
+    gray = (torch.rand(n, generator=g) < cfg.grayscale_p)[mine]
     out = out.clamp(0, 1)
     for pos in range(4):
         for op in range(4):
@@ -173,9 +175,9 @@ class CropFlipConfig:
 def crop_flip(x: torch.Tensor, g: torch.Generator, cfg: CropFlipConfig = CropFlipConfig()) -> torch.Tensor:
     """RandomCrop(H, padding) + RandomHorizontalFlip per image: (B, C, H, W) -> (B, C, H, W)."""
     _check_images(x)
-    b = x.shape[0]
-    offsets = torch.randint(0, 2 * cfg.padding + 1, (b, 2), generator=g)
-    flip = torch.rand(b, generator=g) < cfg.flip_p
+    n, mine = draw_rows(x.shape[0])  # all rows, except inside batch_slice (data parallelism)
+    offsets = torch.randint(0, 2 * cfg.padding + 1, (n, 2), generator=g)[mine]
+    flip = (torch.rand(n, generator=g) < cfg.flip_p)[mine]
     out = TF.pad_crop(x, offsets, cfg.padding)
     sel = flip.nonzero().squeeze(1).to(x.device)
     out[sel] = out[sel].flip(-1)

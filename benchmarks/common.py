@@ -1,0 +1,112 @@
+"""Shared pieces of the method benchmarks: interleaved timing, machine line, the CTA / TENT models.
+
+Timing: the candidates are run in turn inside every repeat (the order rotates), so a change of the
+machine's load hits all of them alike; each figure is the median over repeats, and every ratio is
+taken between figures of one run of one script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from testtime.models import create_model
+from testtime.models.heads import ProjectedClassifier, projector
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
+        f"Python {platform.python_version()}, load average {load}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of every callable; all are run once per repeat, in a rotating order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def add_model_args(ap: argparse.ArgumentParser, reps: int) -> None:
+    """--arch, --batch, --size, --reps, --threads: the options every method benchmark shares."""
+    ap.add_argument("--arch", default="resnet8", help="a testtime.models backbone (default resnet8)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
+    ap.add_argument("--reps", type=int, default=reps, help="timed repeats (medians are reported)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+
+
+def check_model_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch < 2 or args.reps < 1 or args.size < 8 or args.threads < 1:
+        ap.error("--batch must be >= 2, --size >= 8, --reps and --threads >= 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+
+def classifier(arch: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(arch, num_classes)
+
+
+def cta_bundle(arch: str, num_classes: int = 10, seed: int = 0) -> ProjectedClassifier:
+    """The test-time model of CTA: g, pi (identity init) and h; the supervised encoder f is not in it."""
+    m = classifier(arch, num_classes, seed)
+    return ProjectedClassifier(m.encoder, projector(m.feature_dim, identity=True), m.fc)
+
+
+def images(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark (VmHWM) of this process to its current RSS.
+
+    (``ru_maxrss`` is not used: Linux carries it over from the parent across fork + exec.)
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """The resident-set high-water mark (VmHWM) since the process started or the last reset."""
+    return _status_kib("VmHWM") * 1024
