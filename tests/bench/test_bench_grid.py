@@ -130,3 +130,39 @@ def test_flags_of_the_preset_mode_are_refused_with_a_config(tmp_path, capsys):
     assert "--methods: not with a bench CONFIG" in capsys.readouterr().err
     assert main(["bench", "no-such-grid.yaml", "--run-dir", str(tmp_path)]) == 2
     assert "no such file, nor a shipped bench config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "cifar10-cpu-bench"])
+def test_every_shipped_bench_config_builds(name):
+    from testtime.bench.spec import expand, list_bench_configs, load_bench_config, source_config
+
+    assert name in list_bench_configs()
+    bench = load_bench_config(name)
+    assert expand(bench) and source_config(bench).name
+    assert not set(bench.heldout) & set(bench.corruptions)
+
+
+def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
+    from testtime.bench.spec import expand, load_bench_config, source_config
+    from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
+
+    bench = load_bench_config("cifar10-cpu-bench")
+    pairs = expand(bench)
+    assert bench.corruptions == CORRUPTIONS_15 and bench.heldout == CORRUPTIONS_EXTRA
+    assert bench.severities == (5, 3) and bench.eval_seeds == (0, 1, 2)
+    assert source_config(bench).data.test_per_class == 200
+    assert len(pairs) * 15 * 2 * 3 == 2430
+    for m in ("tent", "eata", "sar", "cotta"):
+        assert {p for label, p in pairs if label == m} == {"reset-per-domain", "continual"}
+        assert bench.methods[m].candidates["lr"]
+    for m in ("cta-c", "y-model", "ttt", "ttt++", "clust3", "nc-ttt", "rec-ttt", "cta-0-steps", "cta-bn-source"):
+        assert {p for label, p in pairs if label == m} == {"episodic"}
+    assert {p for label, p in pairs if label == "cta"} == {"episodic", "reset-per-domain"}
+    assert bench.methods["cta-0-steps"].settings == {"steps": 0}
+    assert bench.methods["cta-bn-source"].settings == {"bn": "source"}
+
+
+def test_method_settings_are_range_checked(tmp_path, capsys):
+    assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "methods.bn.settings.momentum=2"]) == 2
+    assert "methods.bn.settings.momentum must be >= 0 and <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -28,6 +28,11 @@ def test_bench_runs_baselines_on_the_same_subset_and_protocol(tmp_path, capsys):
         assert row["total"] == {"gaussian_noise": 30}
         assert 0 <= row["mean_accuracy"] <= 100
     assert out["rows"]["tent"]["settings"] == {"lr": 1e-4}
+    # cost, measured by hooks: TENT one forward and one backward pass per image, the source model no backward
+    assert out["rows"]["tent"]["cost"]["forward_per_image"] == 1.0
+    assert out["rows"]["tent"]["cost"]["backward_per_image"] == 1.0
+    assert out["rows"]["source"]["cost"]["backward_per_image"] == 0.0
+    assert out["rows"]["source"]["cost"]["images_per_s"] > 0
     assert "protocol=episodic" in out["protocol"] and "batch_size=10" in out["protocol"]
     assert (tmp_path / "supervised.safetensors").exists()  # trained once, then reused
     printed = capsys.readouterr().out

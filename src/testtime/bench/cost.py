@@ -68,3 +68,24 @@ def max_rss_mb() -> float:
     """The process's peak resident set size so far (MiB; ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def evaluate_with_cost(method: nn.Module, domains, protocol, *, device: str = "cpu", channels: int = 3,
+                       log=None):
+    """:func:`testtime.bench.evaluate` and the cost of the run: ``(result, cost)`` where ``cost`` holds
+    ``images_per_s``, ``peak_mem_mb`` (CUDA: ``max_memory_allocated`` over the run; CPU: the max RSS
+    growth, see the module docstring), ``forward_per_image`` and ``backward_per_image`` (measured)."""
+    from testtime.bench.runner import evaluate
+
+    meter = CostMeter(method, channels)
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = meter.snapshot()
+    res = evaluate(method, domains, protocol, device=device, log=log)
+    n = sum(res.total.values())
+    cost = meter.since(before, n, device)
+    if cuda:
+        cost["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    cost["images_per_s"] = n / res.wall_s if res.wall_s > 0 else None
+    return res, cost

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from testtime.bench.cost import evaluate_with_cost
 from testtime.bench.protocols import Domain, get_protocol
-from testtime.bench.runner import Heartbeat, evaluate, to_float_batch
+from testtime.bench.runner import Heartbeat, to_float_batch
 from testtime.config import config_to_dict
 from testtime.data import ImageSplit
 from testtime.data.names import CORRUPTIONS_15, CORRUPTIONS_EXTRA
@@ -246,8 +247,8 @@ def evaluate_pipeline(
         method = create_method(name, copy.deepcopy(mdl), **over)
         if log:
             log(f"[eval] {row}: {name} on {len(domains)} corruption(s) x {len(data.test)} images ...")
-        res = evaluate(method, domains, proto, device=dev, log=log)
-        out["rows"][row] = {"method": name, "settings": over, **res.to_dict()}
+        res, cost = evaluate_with_cost(method, domains, proto, device=dev, channels=data.test.channels, log=log)
+        out["rows"][row] = {"method": name, "settings": over, **res.to_dict(), "cost": cost}
         if log:
             log(
                 f"[eval] {row}: mean {res.mean_accuracy:.2f}% ({res.wall_s:.0f}s, non-finite steps "

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from testtime.bench.cost import evaluate_with_cost
 from testtime.bench.protocols import Protocol, get_protocol
-from testtime.bench.runner import evaluate, to_float_batch
+from testtime.bench.runner import to_float_batch
 from testtime.methods import METHODS, create_method
 
 PIPELINE_METHODS = ("cta", "cta-c", "y-model")
@@ -55,30 +56,34 @@ def prepare_source_data(method: nn.Module, name: str, train: Any, batch_size: in
         method.compute_fisher(source_batches(train.images[rows], batch_size, device))
 
 
-def method_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
+def method_config(name: str, overrides: dict[str, Any] | None = None, *, where: str | None = None,
+                  zero_steps: bool = False) -> Any:
     """The config of method ``name`` with ``overrides``, type- and range-checked (one-line errors naming
     ``<method>.<field>``), e.g. ``method_config("tent", {"lr": "abc"})`` fails: "tent.lr: expected a number".
 
     Ranges: ``steps`` >= 1 for methods that adapt by default (>= 0 for source / bn), ``lr`` and ``tau`` > 0,
-    ``momentum`` in [0, 1], ``weight_decay`` and ``seed`` >= 0; every other number finite.
+    ``momentum`` in [0, 1], ``weight_decay`` and ``seed`` >= 0; every other number finite. ``where``
+    prefixes the errors (default: the method's name); ``zero_steps`` allows ``steps: 0`` for every method
+    (an ablation row of a bench grid: the source model as the method sets it up, no update).
     """
-    from testtime.train.pipeline import check_range, config_from_dict
+    from testtime.config import check_range, config_from_dict
 
     cls = METHODS.get(name)
-    cfg = config_from_dict(cls.Config, dict(overrides or {}), where=METHODS.canonical(name))
+    prefix = where or METHODS.canonical(name)
+    cfg = config_from_dict(cls.Config, dict(overrides or {}), where=prefix)
     default = cls.Config()
     for f in dataclasses.fields(cfg):
-        v, where = getattr(cfg, f.name), f"{METHODS.canonical(name)}.{f.name}"
+        v, at = getattr(cfg, f.name), f"{prefix}.{f.name}"
         if f.name == "steps":
-            check_range(where, v, lo=1 if default.steps >= 1 else 0)
+            check_range(at, v, lo=1 if default.steps >= 1 and not zero_steps else 0)
         elif f.name in ("lr", "tau", "temperature"):
-            check_range(where, v, lo=0, open_lo=True)
+            check_range(at, v, lo=0, open_lo=True)
         elif f.name == "momentum":
-            check_range(where, v, lo=0, hi=1)
+            check_range(at, v, lo=0, hi=1)
         elif f.name in ("weight_decay", "seed"):
-            check_range(where, v, lo=0)
+            check_range(at, v, lo=0)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            check_range(where, v)
+            check_range(at, v)
     return cfg
 
 
@@ -153,8 +158,9 @@ def run_methods(
         prepare_source_data(method, name, data.train, proto.batch_size, dev, fisher_samples, cfg.seed)
         if log:
             log(f"[bench] {name}: {len(domains)} corruption(s) x {len(data.test)} images, {proto.describe()} ...")
-        res = evaluate(method, domains, proto, device=dev, log=log)
-        row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict()}
+        res, cost = evaluate_with_cost(method, domains, proto, device=dev, channels=data.train.channels, log=log)
+        row = {"method": name, "settings": over, "order": proto.order or method.default_order, **res.to_dict(),
+               "cost": cost}
         row["wall_s"] = time.perf_counter() - t0
         out["rows"][name] = row
         if log:

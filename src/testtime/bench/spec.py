@@ -150,12 +150,12 @@ def method_name(label: str, spec: MethodSpec) -> str:
 
 
 def method_config(label: str, spec: MethodSpec, chosen: dict[str, Any] | None = None) -> Any:
-    """The method's typed Config: its defaults, ``settings``, then the chosen candidate values."""
-    from testtime.methods import METHODS
+    """The method's typed Config: its defaults, ``settings``, then the chosen candidate values (type- and
+    range-checked, errors naming ``methods.<label>.settings.<field>``; ``steps: 0`` allowed)."""
+    from testtime.bench.grid import method_config as checked_config
 
-    cls = METHODS.get(method_name(label, spec))
     values = {**spec.settings, **(chosen or {})}
-    return config_from_dict(cls.Config, values, f"methods.{label}.settings")
+    return checked_config(method_name(label, spec), values, where=f"methods.{label}.settings", zero_steps=True)
 
 
 def candidate_sets(spec: MethodSpec) -> list[dict[str, Any]]:

@@ -86,6 +86,9 @@ def rows_from_results(results: Mapping[str, Any], source: str = "results") -> tu
             if wall and n_all and n is not None:
                 cell["wall_s"] = float(wall) * n / n_all
                 cell["images_per_s"] = n_all / float(wall)
+            for k, v in (row.get("cost") or {}).items():  # measured over the whole run: the same for each corruption
+                if k in ("peak_mem_mb", "forward_per_image", "backward_per_image") and v is not None:
+                    cell[k] = float(v)
             cells.append(cell)
     return cells, _curves(results, cfg, base)
 
