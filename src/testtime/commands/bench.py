@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from testtime.commands.train import _common
 
     p.add_argument("grid", nargs="?", metavar="CONFIG", help="a bench YAML file or shipped bench config (grid mode)")
-    p.add_argument("--shard", default="0/1", metavar="I/N", help="grid mode: run every N-th cell from the I-th")
+    p.add_argument("--shard", metavar="I/N", help="grid mode: run every N-th cell from the I-th (default: the "
+                   "whole grid; under torchrun, RANK/WORLD_SIZE)")
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
     p.add_argument("--methods", help="comma-separated registered methods (see `testtime methods`; default: "
                    "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++)")
@@ -117,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
 def run_grid_config(args: argparse.Namespace) -> int:
     from testtime.bench.experiment import run_bench
     from testtime.bench.spec import default_run_dir, load_bench_config
-    from testtime.store import parse_shard
+    from testtime.train.distributed import grid_shard
 
     given = [f"--{k.replace('_', '-')}" for k in FLAG_ONLY if getattr(args, k) not in (None, [])]
     if given:
         raise UserError(f"{', '.join(given)}: not with a bench CONFIG (set them in the YAML file, or with --set)")
-    shard = parse_shard(args.shard)
+    shard = grid_shard(args.shard)
     bench = load_bench_config(args.grid, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(bench)
     t0 = time.perf_counter()
@@ -142,8 +143,8 @@ def run_flags(args: argparse.Namespace) -> int:
     from testtime.methods import METHODS
     from testtime.train.checkpoint import _atomic_write, environment
 
-    if args.shard != "0/1":
-        raise UserError("--shard: only with a bench CONFIG")
+    if args.shard is not None:
+        raise UserError("--shard: only with a bench CONFIG (testtime bench CONFIG.yaml --shard I/N)")
     args.methods = args.methods if args.methods is not None else "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++"
     args.order = args.order or "method"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
