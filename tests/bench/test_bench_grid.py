@@ -166,3 +166,14 @@ def test_method_settings_are_range_checked(tmp_path, capsys):
     assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "methods.bn.settings.momentum=2"]) == 2
     assert "methods.bn.settings.momentum must be >= 0 and <= 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["eval_seeds=[0,0]"], r"eval_seeds: listed twice: \[0\]"),
+    (["name=../x"], "name must be a plain name"),
+    (["eval_seeds=[-1]"], "eval_seeds"),
+])
+def test_grid_lists_are_checked(tmp_path, capsys, sets, match):
+    argv = ["bench", "tiny", "--run-dir", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)

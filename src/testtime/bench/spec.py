@@ -72,8 +72,18 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         from testtime.bench.protocols import list_protocols
+        from testtime.config import NAME_RE, check_range
         from testtime.corruptions import list_corruptions
 
+        if not NAME_RE.fullmatch(self.name) or set(self.name) == {"."}:
+            raise ValueError(f"name must be a plain name (letters, digits, '.', '_', '-'), got {self.name!r}")
+        for key in ("corruptions", "severities", "eval_seeds", "protocols", "heldout"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: listed twice: {sorted({v for v in values if values.count(v) > 1})}")
+        for s in self.eval_seeds:
+            check_range("eval_seeds[i]", s, lo=0)
+        check_range("fisher_samples", self.fisher_samples, lo=1)
         valid = list_corruptions()
         for key, names in (("corruptions", self.corruptions), ("heldout", self.heldout)):
             bad = [c for c in names if c not in valid]
