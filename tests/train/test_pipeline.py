@@ -10,7 +10,7 @@ from testtime.data.split import ImageSplit
 from testtime.train.pipeline import PipelineConfig, PipelineData, config_from_dict, per_class_rows, run_stages
 
 
-@pytest.mark.parametrize("preset", ["cifar10-cpu", "fmnist-cpu", "paper", "demo"])
+@pytest.mark.parametrize("preset", ["cifar10-cpu", "cifar10-cpu-small", "fmnist-cpu", "paper", "demo"])
 def test_every_shipped_preset_builds_a_typed_config(preset):
     assert preset in list_presets()
     cfg = load_config(preset, None, [])

@@ -105,6 +105,7 @@ class ContrastiveTTT(Method):
         adapts="encoder g and projector pi (all parameters)", min_batch_size=2, needs_aux_head=True, views="simclr"
     )
     default_order = "after"
+    paper = 'Barbeau et al., "CTA: Cross-Task Alignment for Better Test Time Training", 2025 (CTA-C, Y model: 5.3)'
     adapted_modules: tuple[str, ...] = ("encoder", "projector")
     through_projector = True
 

@@ -82,6 +82,9 @@ def check_aux_model(method: str, model: nn.Module, task: str, what: str) -> AuxH
 class TTT(Method):
     """TTT (Sun et al., ICML 2020): per-image SGD on the rotation-prediction loss of 32 augmented copies."""
 
+    paper = ('Sun et al., "Test-Time Training with Self-Supervision for Generalization under Distribution '
+             'Shifts", ICML 2020')
+
     Config = TTTConfig
     requirements = Requirements(
         adapts="shared encoder + rotation head", needs_aux_head=True, min_batch_size=1, views="rotation"

@@ -110,6 +110,8 @@ def alignment_terms(feats: torch.Tensor, stats: FeatureStats) -> tuple[torch.Ten
 class TTTPlusPlus(Method):
     """TTT++ (Liu et al., NeurIPS 2021): SimCLR + CORAL + mean alignment to source feature statistics."""
 
+    paper = 'Liu et al., "TTT++: When Does Self-Supervised Test-Time Training Fail or Thrive?", NeurIPS 2021'
+
     Config = TTTPPConfig
     requirements = Requirements(
         adapts="encoder (SimCLR + feature alignment)", needs_source_data=True, needs_aux_head=True,
