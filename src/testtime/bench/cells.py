@@ -206,8 +206,10 @@ class BenchRun:
             method, meter = self.method(label, chosen, "continual")
             proto = self.protocol(label, "continual", seed)
             batches = list(proto.stream([self.domain(c, sev, seed) for c in names]))
-            for other in [k for k in self._continual if k[:2] == key[:2]]:
-                del self._continual[other]  # they share the method object: its weights move on here
+            # streams of the same method share its object (its weights move on here), and streams of another
+            # severity / eval seed hold a copy of their images: drop both (a later cell replays its stream)
+            for other in [k for k in self._continual if k[:2] == key[:2] or k[2:] != key[2:]]:
+                del self._continual[other]
             state = {"method": method, "meter": meter, "order": proto.order, "batches": batches, "pos": 0,
                      "next": 0, "results": {}}
             self._continual[key] = state
