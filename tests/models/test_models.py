@@ -83,7 +83,7 @@ def test_airbench_whitening_decorrelates_patches():
     enc.init_whitening(images, eps=1e-6)
     w, b = enc.stem.weight, enc.stem.bias
     torch.testing.assert_close(w[:12], -w[12:])
-    assert float(b.abs().max()) == 0.0
+    assert float(b.detach().abs().max()) == 0.0
     with torch.no_grad():
         out = torch.nn.functional.conv2d(enc.normalize(images), w[:12])  # (N, 12, 15, 15)
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
