@@ -151,15 +151,18 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
     assert bench.corruptions == CORRUPTIONS_15 and bench.heldout == CORRUPTIONS_EXTRA
     assert bench.severities == (5, 3) and bench.eval_seeds == (0, 1, 2)
     assert source_config(bench).data.test_per_class == 200
-    assert len(pairs) * 15 * 2 * 3 == 2430
+    assert len(pairs) * 15 * 2 * 3 == 2610
     for m in ("tent", "eata", "sar", "cotta"):
         assert {p for label, p in pairs if label == m} == {"reset-per-domain", "continual"}
         assert bench.methods[m].candidates["lr"]
-    for m in ("cta-c", "y-model", "ttt", "ttt++", "clust3", "nc-ttt", "rec-ttt", "cta-0-steps", "cta-bn-source"):
+    for m in ("cta-c", "y-model", "ttt", "ttt++", "clust3", "nc-ttt", "rec-ttt", "cta-0-steps", "cta-bn-source",
+              "cta-lineage"):
         assert {p for label, p in pairs if label == m} == {"episodic"}
     assert {p for label, p in pairs if label == "cta"} == {"episodic", "reset-per-domain"}
     assert bench.methods["cta-0-steps"].settings == {"steps": 0}
     assert bench.methods["cta-bn-source"].settings == {"bn": "source"}
+    assert bench.methods["cta-lineage"].settings == {"bn": "lineage"}
+    assert {p for label, p in pairs if label == "rdumb"} == {"continual"}
 
 
 def test_method_settings_are_range_checked(tmp_path, capsys):
@@ -177,3 +180,22 @@ def test_grid_lists_are_checked(tmp_path, capsys, sets, match):
     argv = ["bench", "tiny", "--run-dir", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_only_runs_a_slice_whose_cells_are_the_whole_grids(reference, tmp_path):
+    run = _with_checkpoint(reference, tmp_path / "run")
+    assert main(["bench", "tiny", "--run-dir", str(run), "--only", "bn,tent", "--quiet"]) == 0
+    sliced = cells_of(run)
+    assert {v[0] for v in sliced.values()} == {"bn", "tent"}
+    assert sliced == {k: v for k, v in cells_of(reference).items() if v[0] in ("bn", "tent")}
+
+
+def test_only_names_the_valid_labels(tmp_path, capsys):
+    assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--only", "bn,tentt"]) == 2
+    err = capsys.readouterr().err
+    assert "--only: tentt: not a method label of tiny; valid: source, bn, tent" in err
+    assert not (tmp_path / "r").exists()
+    assert main(["bench", "--preset", "demo", "--only", "bn", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--only: only with a bench CONFIG" in capsys.readouterr().err

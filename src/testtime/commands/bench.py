@@ -27,6 +27,7 @@ and a markdown table is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -47,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("grid", nargs="?", metavar="CONFIG", help="a bench YAML file or shipped bench config (grid mode)")
     p.add_argument("--shard", metavar="I/N", help="grid mode: run every N-th cell from the I-th (default: the "
                    "whole grid; under torchrun, RANK/WORLD_SIZE)")
+    p.add_argument("--only", metavar="LABELS", help="grid mode: run only these of the config's method labels "
+                   "(comma-separated); their cells are the same as in the whole grid's run")
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
     p.add_argument("--methods", help="comma-separated registered methods (see `testtime methods`; default: "
                    "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++)")
@@ -124,7 +127,7 @@ def run_grid_config(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{', '.join(given)}: not with a bench CONFIG (set them in the YAML file, or with --set)")
     shard = grid_shard(args.shard)
-    bench = load_bench_config(args.grid, args.overrides)
+    bench = only_methods(load_bench_config(args.grid, args.overrides), args.only)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(bench)
     t0 = time.perf_counter()
     summary = run_bench(bench, run_dir, shard=shard, log=None if args.quiet else print, progress=not args.quiet)
@@ -132,6 +135,18 @@ def run_grid_config(args: argparse.Namespace) -> int:
           f"{summary.in_shard} in shard {shard[0]}/{shard[1]} of {summary.total} ({time.perf_counter() - t0:.0f}s); "
           f"store {run_dir / 'results.sqlite'}; tables: testtime report {run_dir}")
     return 0
+
+
+def only_methods(bench: Any, only: str | None) -> Any:
+    """``bench`` restricted to the method labels in ``only`` (comma-separated; None: all of them)."""
+    if only is None:
+        return bench
+    labels = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [lab for lab in labels if lab not in bench.methods]
+    if not labels or unknown:
+        raise UserError(f"--only: {', '.join(unknown) or 'no label given'}: not a method label of {bench.name}; "
+                        f"valid: {', '.join(bench.methods)}")
+    return dataclasses.replace(bench, methods={lab: bench.methods[lab] for lab in labels})
 
 
 def run_flags(args: argparse.Namespace) -> int:
@@ -145,6 +160,8 @@ def run_flags(args: argparse.Namespace) -> int:
 
     if args.shard is not None:
         raise UserError("--shard: only with a bench CONFIG (testtime bench CONFIG.yaml --shard I/N)")
+    if args.only is not None:
+        raise UserError("--only: only with a bench CONFIG (testtime bench CONFIG.yaml --only tent,bn)")
     args.methods = args.methods if args.methods is not None else "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++"
     args.order = args.order or "method"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
