@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,23 @@ def test_eval_seed_draws_a_new_test_subset_disjoint_from_the_heldout_one():
         assert rows(held_s) == rows(held)  # the held-out subset does not move with the eval seed
         assert not rows(test_s) & rows(held) and len(rows(test_s)) == 15
         assert rows(test_s) != rows(test0)
+
+
+_FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _FMNIST.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) missing")
+def test_train_eval_clean_prints_every_models_accuracy_on_the_whole_test_split(tmp_path, capsys):
+    import re
+
+    from testtime.cli import main
+
+    argv = ["train", "supervised", "--preset", "demo", "--run-dir", str(tmp_path / "r"), "--quiet", "--eval-clean",
+            "--set", "threads=1", "--set", "data.train_per_class=12", "--set", "supervised.epochs=1",
+            "--set", "supervised.batch_size=32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(10000 images)" in out
+    rows = re.findall(r"^\| supervised \| (\d+\.\d\d) \| (\d+\.\d\d) \|$", out, flags=re.M)
+    assert len(rows) == 1 and all(0 <= float(v) <= 100 for v in rows[0])

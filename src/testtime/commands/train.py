@@ -169,6 +169,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the baselines' source training)",
     )
     _common(p)
+    p.add_argument("--eval-clean", action="store_true",
+                   help="then print the clean accuracy of every model of the stage and its prerequisites on the "
+                   "whole test split (eval mode, and with the test batch's BN statistics)")
     p.set_defaults(func=run_train)
     q = subparsers.add_parser(
         "cta",
@@ -254,7 +257,21 @@ def _run_train(args: argparse.Namespace) -> int:
     models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)
     fitres = models.fits[args.stage]
     say(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
+    if args.eval_clean and is_main():
+        print_clean_accuracy(models, data.pool if data.pool is not None else data.test, cfg)
     return 0
+
+
+def print_clean_accuracy(models: Any, split: Any, cfg: Any) -> None:
+    """Clean accuracy of each model on ``split`` (batches of 256 in a seeded shuffle), as a small table."""
+    from testtime.bench.evaluation import clean_accuracy
+
+    print(f"clean accuracy (%) on {split.name} ({len(split)} images), seed {cfg.seed}:")
+    print("| model | eval mode | test-batch BN |\n|---|---:|---:|")
+    for label, m in models.named():
+        acc = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed)
+        bn = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed, test_batch_bn=True)
+        print(f"| {label} | {acc:.2f} | {bn:.2f} |", flush=True)
 
 
 def _run_cta(args: argparse.Namespace) -> int:
