@@ -1,4 +1,4 @@
-"""CTA's ``checkpoint="stages"`` (activation checkpointing of g's stages): exact against ``"none"``.
+"""CTA's ``checkpoint="stages"`` / ``"blocks"`` (activation checkpointing of g): exact against ``"none"``.
 
 Everything runs in float64 on tiny bundles; "exact" is checked as bitwise equality of the losses,
 the gradients, the logits and the whole state (weights, BN running statistics, counters) after two
@@ -68,6 +68,8 @@ def test_stages_equal_none_bitwise(bn, arch):
     bundle, x = _bundle(arch), _x()
     ref = _run(bundle, x, steps=2, bn=bn, checkpoint="none")
     _assert_same(ref, _run(bundle, x, steps=2, bn=bn, checkpoint="stages"))
+    if arch == "resnet8":  # airbench's blocks are its stages
+        _assert_same(ref, _run(bundle, x, steps=2, bn=bn, checkpoint="blocks"))
     if bn == "lineage":  # the running statistics did move (once per SSL pass, as without checkpointing)
         start = bundle.state_dict()
         assert any(not torch.equal(v, start[k[len("model."):]]) for k, v in ref[4].items() if "running_mean" in k)
@@ -80,9 +82,18 @@ def test_cta_c_and_y_model_share_it(name, through):
                  _run(bundle, x, name=name, steps=2, checkpoint="stages"))
 
 
+def test_blocks_with_several_blocks_per_stage_equal_none_bitwise():
+    """ResNet-20 (3 blocks per stage: here "blocks" differs from "stages"), smaller batch and images."""
+    bundle, x = _bundle("resnet20"), _x(4, 8)
+    assert len(checkpoint_regions(bundle.encoder, "blocks")) == 9
+    for bn in ("batch", "lineage"):
+        _assert_same(_run(bundle, x, steps=2, bn=bn, checkpoint="none"),
+                     _run(bundle, x, steps=2, bn=bn, checkpoint="blocks"))
+
+
 def test_encoder_without_layers_is_checkpointed_whole():
     bundle, x = _plain_bundle(), _x()
-    assert checkpoint_regions(bundle.encoder) == [bundle.encoder]
+    assert checkpoint_regions(bundle.encoder) == checkpoint_regions(bundle.encoder, "blocks") == [bundle.encoder]
     for bn in ("batch", "lineage"):
         _assert_same(_run(bundle, x, steps=2, bn=bn, checkpoint="none"),
                      _run(bundle, x, steps=2, bn=bn, checkpoint="stages"))
@@ -92,8 +103,9 @@ def test_regions_are_the_top_level_stages_and_are_recomputed():
     bundle = _bundle()
     regions = checkpoint_regions(bundle.encoder)
     assert regions == list(bundle.encoder.layers) and len(regions) == 3
+    assert checkpoint_regions(bundle.encoder, "none") == []
     air = _bundle("airbench-small").encoder
-    assert checkpoint_regions(air) == list(air.layers)
+    assert checkpoint_regions(air) == checkpoint_regions(air, "blocks") == list(air.layers)
     calls = []
     conv = regions[0][0].conv1  # first conv of the first stage
     conv.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
@@ -132,5 +144,5 @@ def test_naive_recomputation_would_be_wrong_with_lineage(monkeypatch):
 
 
 def test_bad_checkpoint_value_fails_clearly():
-    with pytest.raises(ValueError, match="checkpoint must be one of none, stages"):
-        create_method("cta", _bundle(), checkpoint="blocks")
+    with pytest.raises(ValueError, match="checkpoint must be one of none, stages, blocks; got 'layers'"):
+        create_method("cta", _bundle(), checkpoint="layers")

@@ -2,9 +2,13 @@
 
 Inside :func:`checkpointed`, each region's forward runs under ``torch.utils.checkpoint``
 (``use_reentrant=False``): only the region's input is kept for backward, and its activations are
-recomputed during backward. The regions are the top-level stages of the encoder
-(:func:`checkpoint_regions`): the children of ``encoder.layers`` when it is an ``nn.Sequential``
-(the CIFAR ResNets' stages, airbench's conv groups), else the whole encoder.
+recomputed during backward. The regions (:func:`checkpoint_regions`) are, for ``"stages"``, the
+top-level stages of the encoder: the children of ``encoder.layers`` when it is an ``nn.Sequential``
+(the CIFAR ResNets' stages, airbench's conv groups), else the whole encoder; for ``"blocks"``, the
+children of each stage that is itself an ``nn.Sequential`` (the ResNets' residual blocks; airbench's
+groups stay whole). Finer regions keep more inputs but recompute less at a time: the peak is lower
+when a stage holds several blocks (ResNet-20: 3 per stage), the same with one (ResNet-8).
+The stem before ``encoder.layers`` is not checkpointed.
 
 Exactness: the recomputation must see what the forward saw and leave no trace. So it runs with
 every module of the region in the train/eval mode it had at the forward (a method may switch BN
@@ -22,7 +26,7 @@ a forward + backward).
 
 Example::
 
-    with checkpointed(checkpoint_regions(model.encoder)):
+    with checkpointed(checkpoint_regions(model.encoder, "stages")):
         z = model.ssl_embed(views)   # activations of each stage recomputed at z's backward
 """
 
@@ -36,16 +40,29 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHECKPOINT_MODES = ("none", "stages")
+CHECKPOINT_MODES = ("none", "stages", "blocks")
 _MISSING = object()
 
 
-def checkpoint_regions(encoder: nn.Module) -> list[nn.Module]:
-    """The children of ``encoder.layers`` when it is a non-empty ``nn.Sequential``, else ``[encoder]``."""
+def check_mode(mode: str) -> None:
+    """A one-line ValueError unless ``mode`` is one of :data:`CHECKPOINT_MODES`."""
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_MODES)}; got {mode!r}")
+
+
+def checkpoint_regions(encoder: nn.Module, mode: str = "stages") -> list[nn.Module]:
+    """The modules to checkpoint: ``[]`` for ``"none"``; the children of ``encoder.layers`` when it is a
+    non-empty ``nn.Sequential``, else ``[encoder]``, for ``"stages"``; for ``"blocks"``, those stages
+    with every non-empty ``nn.Sequential`` stage replaced by its children."""
+    check_mode(mode)
+    if mode == "none":
+        return []
     layers = getattr(encoder, "layers", None)
-    if isinstance(layers, nn.Sequential) and len(layers) > 0:
+    if not (isinstance(layers, nn.Sequential) and len(layers) > 0):
+        return [encoder]
+    if mode == "stages":
         return list(layers)
-    return [encoder]
+    return [b for s in layers for b in (list(s) if isinstance(s, nn.Sequential) and len(s) > 0 else [s])]
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ rule's ``stop_eps`` must sit above the noise of the view sampling to ever fire e
 Memory (an option of this library, off by default): ``checkpoint="stages"`` checkpoints each
 top-level stage of g during the SSL forward (``torch.utils.checkpoint``, non-reentrant; the
 children of ``g.layers`` for the CIFAR ResNets and airbench, the whole of g for an encoder without
-a ``layers`` Sequential; see :mod:`testtime.methods._checkpoint`): the 2B views' activations inside
-a stage are recomputed at backward instead of kept, for one more forward of g per iteration. It is
+a ``layers`` Sequential), ``checkpoint="blocks"`` each residual block of those stages (see
+:mod:`testtime.methods._checkpoint`): the 2B views' activations inside a region are recomputed at
+backward instead of kept, for one more forward of g's stages per iteration. It is
 exact in every ``bn`` mode: the recomputation runs with the modes of the forward and puts the BN
 buffers back, so running statistics (``bn="lineage"``) move once per SSL pass, as without it; the
 views are drawn before the checkpointed region, so the generator is unaffected. Figures (peak
@@ -62,7 +63,8 @@ import torch
 from torch import nn
 
 from testtime.losses import nt_xent
-from testtime.methods._checkpoint import CHECKPOINT_MODES, checkpoint_regions, checkpointed
+from testtime.methods._checkpoint import check_mode as check_checkpoint_mode
+from testtime.methods._checkpoint import checkpoint_regions, checkpointed
 from testtime.methods.base import (
     Method,
     MethodConfig,
@@ -88,7 +90,7 @@ class CTAConfig(MethodConfig):
     stop: str = "none"  # label-free early stopping: "none" (the paper) | "loss" | "predictions"
     stop_eps: float = 1e-3  # the change at or below which an iteration counts as converged
     stop_patience: int = 1  # converged iterations in a row before stopping
-    checkpoint: str = "none"  # "none" | "stages": recompute g's stage activations at backward (exact; memory)
+    checkpoint: str = "none"  # "none" | "stages" | "blocks": recompute g's activations at backward (exact; memory)
 
 
 STOP_RULES = ("none", "loss", "predictions")
@@ -150,8 +152,7 @@ class ContrastiveTTT(Method):
             raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}; got {c.stop!r}")
         if not c.stop_eps >= 0 or c.stop_patience < 1:
             raise ValueError(f"stop_eps must be >= 0 and stop_patience >= 1, got {c.stop_eps}, {c.stop_patience}")
-        if c.checkpoint not in CHECKPOINT_MODES:
-            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_MODES)}; got {c.checkpoint!r}")
+        check_checkpoint_mode(c.checkpoint)
 
     def configure(self) -> None:
         self.model.eval()
@@ -161,7 +162,7 @@ class ContrastiveTTT(Method):
         if self.config.bn == "batch":
             use_batch_statistics(self.model)
         self._lineage_bn = batchnorm_layers(self.model) if self.config.bn == "lineage" else []
-        self._checkpoint_regions = checkpoint_regions(self.model.encoder) if self.config.checkpoint == "stages" else []
+        self._checkpoint_regions = checkpoint_regions(self.model.encoder, self.config.checkpoint)
         self._new_batch()
 
     def _bn_mode(self, train: bool) -> None:
