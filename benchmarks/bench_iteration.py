@@ -3,6 +3,13 @@
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iteration.py [--arch resnet8] [--batch 128] [--reps 15]
+        [--checkpoint] [--cta-only]
+
+``--checkpoint`` adds CTA with ``checkpoint="stages"`` and ``checkpoint="blocks"`` (activation
+checkpointing of g's stages or residual blocks, :mod:`testtime.methods._checkpoint`) to the timing
+(against the same bare loop, without checkpointing: target 1's baseline) and to the memory table
+(against TENT: target 3).
+``--cta-only`` times only the CTA candidates and measures only TENT's and CTA's memory (a short run).
 
 Targets (docs/performance.md, issue "Performance"):
 
@@ -62,6 +69,8 @@ from testtime.methods.base import use_batch_statistics
 from testtime.methods.tent import configure_bn_adaptation
 from testtime.transforms import SimCLRViewsConfig, simclr_views
 
+CKPT_MODES = ("stages", "blocks")  # CTA's checkpoint modes measured with --checkpoint
+
 
 def bare_cta(bundle, views: torch.Tensor, tau: float):
     """forward of the 2B ready-made views through pi(g(.)), NT-Xent, backward, Adam step."""
@@ -116,6 +125,8 @@ def timing(args) -> dict[str, float]:
     v1, v2 = simclr_views(x, g, SimCLRViewsConfig())
     views = torch.cat([v1, v2])  # (2B, C, H, W), ready-made
     cta = create_method("cta", copy.deepcopy(bundle), steps=args.cta_steps, lr=1e-6)
+    ckpt = {mode: create_method("cta", copy.deepcopy(bundle), steps=args.cta_steps, lr=1e-6, checkpoint=mode)
+            for mode in (CKPT_MODES if args.checkpoint else ())}
     tent = create_method("tent", copy.deepcopy(clf))
     source = create_method("source", copy.deepcopy(clf))
     bn = create_method("bn", copy.deepcopy(clf))
@@ -124,16 +135,29 @@ def timing(args) -> dict[str, float]:
         cta.reset()  # keep every repeat at the same weights (timed separately below)
         cta.adapt(x)
 
+    def ckpt_adapt(method):
+        def run():
+            method.reset()
+            method.adapt(x)
+
+        return run
+
     def tent_step():
         tent.reset()
         tent.adapt(x)
 
     fns = {
         "cta_adapt": cta_adapt,
+        **{f"cta-{mode}_adapt": ckpt_adapt(m) for mode, m in ckpt.items()},
         "bare_cta": bare_cta(bundle, views, 0.01),
         "views": lambda: simclr_views(x, g, SimCLRViewsConfig()),
         "cta_logits_fwd": bare_forward(bundle, x, batch_stats=True),
         "cta_reset": cta.reset,
+    }
+    if args.cta_only:
+        return _per_iteration(interleaved(fns, args.reps, warmup=1), args.cta_steps)
+    fns = {
+        **fns,
         "tent_step": tent_step,
         "bare_tent": bare_tent(clf, x),
         "tent_reset": tent.reset,
@@ -142,18 +166,24 @@ def timing(args) -> dict[str, float]:
         "bn": lambda: bn.step(x),
         "bare_fwd_bn": bare_forward(clf, x, batch_stats=True),
     }
-    t = interleaved(fns, args.reps, warmup=1)
-    # the timed adapt/step closures include a reset: take it out again
-    t["cta_adapt"] -= t["cta_reset"]
-    t["tent_step"] -= t["tent_reset"]
-    t["cta_iter"] = (t["cta_adapt"] - t["cta_logits_fwd"]) / args.cta_steps
+    t = _per_iteration(interleaved(fns, args.reps, warmup=1), args.cta_steps)
+    t["tent_step"] -= t["tent_reset"]  # the timed step closure includes a reset: take it out again
+    return t
+
+
+def _per_iteration(t: dict[str, float], steps: int) -> dict[str, float]:
+    """One CTA iteration from a timed ``adapt`` (reset and the per-batch no-grad forward taken out)."""
+    for mode in ("cta",) + tuple(f"cta-{m}" for m in CKPT_MODES):
+        if f"{mode}_adapt" in t:
+            t[f"{mode}_adapt"] -= t["cta_reset"]  # the timed adapt closures include a reset
+            t[f"{mode}_iter"] = (t[f"{mode}_adapt"] - t["cta_logits_fwd"]) / steps
     return t
 
 
 def memory_child(args) -> None:
     """Runs in a fresh process: peak RSS growth of one test-time batch of one method."""
     name = args.memory_child
-    model = cta_bundle(args.arch) if name.endswith("cta") else classifier(args.arch)
+    model = cta_bundle(args.arch) if "cta" in name else classifier(args.arch)
     x = images(args.batch, args.size)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if name == "bare-cta":
@@ -164,8 +194,9 @@ def memory_child(args) -> None:
         run = bare_tent(model, x)
         model(x[:2].clone())
     else:
-        steps = {"cta": args.cta_steps, "tent": 1}.get(name)
-        method = create_method(name, model, **({"steps": steps} if steps else {}))
+        kw = {"cta": {"steps": args.cta_steps}, "tent": {"steps": 1},
+              **{f"cta-{m}": {"steps": args.cta_steps, "checkpoint": m} for m in CKPT_MODES}}.get(name, {})
+        method = create_method("cta" if "cta" in name else name, model, **kw)
         method.predict(x[:2])  # libraries warmed up; nothing batch-sized allocated yet
 
         def run():
@@ -179,7 +210,8 @@ def memory_child(args) -> None:
 
 def memory(args) -> dict[str, dict]:
     out = {}
-    for name in ("source", "bn", "tent", "cta", "bare-tent", "bare-cta"):
+    names = ("tent", "cta") if args.cta_only else ("source", "bn", "tent", "cta", "bare-tent", "bare-cta")
+    for name in names + (tuple(f"cta-{m}" for m in CKPT_MODES) if args.checkpoint else ()):
         cmd = [sys.executable, __file__, "--memory-child", name, "--arch", args.arch, "--batch", str(args.batch),
                "--size", str(args.size), "--cta-steps", str(args.cta_steps), "--threads", str(args.threads)]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # large blocks go back to the OS when freed
@@ -193,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(ap, reps=15)
     ap.add_argument("--cta-steps", type=int, default=4, help="iterations per timed CTA adapt")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--checkpoint", action="store_true", help='also CTA with checkpoint="stages" and "blocks"')
+    ap.add_argument("--cta-only", action="store_true", help="only the CTA candidates (and TENT's memory)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cta_steps < 1:
@@ -202,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args)
         return 0
     print(f"# bench_iteration --arch {args.arch} --batch {args.batch} --size {args.size} --reps {args.reps} "
-          f"--cta-steps {args.cta_steps}")
+          f"--cta-steps {args.cta_steps}{' --checkpoint' if args.checkpoint else ''}"
+          f"{' --cta-only' if args.cta_only else ''}")
     print(f"# start: {machine_line()}")
     t = timing(args)
     ms = {k: 1e3 * v for k, v in t.items()}
@@ -211,10 +246,19 @@ def main(argv: list[str] | None = None) -> int:
         ("CTA iteration (views + fwd + bwd + Adam) / bare on ready-made views", ms["cta_iter"], ms["bare_cta"],
          1.15),
         ("  same, view generation subtracted", ms["cta_iter"] - views, ms["bare_cta"], 1.15),
-        ("TENT step / bare fwd + bwd + Adam (BN affine)", ms["tent_step"], ms["bare_tent"], 1.15),
-        ("source step / bare eval forward", ms["source"], ms["bare_fwd_eval"], 1.15),
-        ("bn step / bare forward with batch statistics", ms["bn"], ms["bare_fwd_bn"], 1.15),
     ]
+    for mode in CKPT_MODES if args.checkpoint else ():
+        it = ms[f"cta-{mode}_iter"]
+        rows += [
+            (f'CTA checkpoint="{mode}" iteration / the same bare loop (no checkpointing)', it, ms["bare_cta"], 1.15),
+            ("  same, view generation subtracted", it - views, ms["bare_cta"], 1.15),
+        ]
+    if not args.cta_only:
+        rows += [
+            ("TENT step / bare fwd + bwd + Adam (BN affine)", ms["tent_step"], ms["bare_tent"], 1.15),
+            ("source step / bare eval forward", ms["source"], ms["bare_fwd_eval"], 1.15),
+            ("bn step / bare forward with batch statistics", ms["bn"], ms["bare_fwd_bn"], 1.15),
+        ]
     print("\n| measurement | method (ms) | bare (ms) | ratio | target | met |")
     print("|---|---:|---:|---:|---:|---|")
     for label, a, b, target in rows:
@@ -224,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per-batch extra of CTA (no-grad forward of x for its pre-update logits): {ms['cta_logits_fwd']:.1f} ms")
     print("\n| reset | reset (ms) | one iteration (ms) | share | target | met |")
     print("|---|---:|---:|---:|---:|---|")
-    for label, r, it in (("CTA", ms["cta_reset"], ms["cta_iter"]), ("TENT", ms["tent_reset"], ms["tent_step"])):
+    resets = [("CTA", ms["cta_reset"], ms["cta_iter"])]
+    resets += [] if args.cta_only else [("TENT", ms["tent_reset"], ms["tent_step"])]
+    for label, r, it in resets:
         share = 100 * r / it
         print(f"| {label} | {r:.2f} | {it:.1f} | {share:.2f}% | < 2% | {'yes' if share < 2 else 'no'} |")
     if not args.skip_memory:
@@ -235,12 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in mem.items():
             print(f"| {name} | {m['weights'] * mib:.1f} | {m['growth'] * mib:.1f} | "
                   f"{(m['weights'] + m['growth']) * mib:.1f} |")
-        c, te = mem["cta"], mem["tent"]
-        r1 = c["growth"] / te["growth"]
-        r2 = (c["growth"] + c["weights"]) / (te["growth"] + te["weights"])
-        print(f"\nCTA / TENT peak test-time memory: {r2:.2f}x with weights, {r1:.2f}x working memory alone "
-              f"(target <= 1.2x: {'met' if r2 <= 1.2 else 'not met'}); bare updates alone: "
-              f"{mem['bare-cta']['growth'] / mem['bare-tent']['growth']:.2f}x")
+        te = mem["tent"]
+        print()
+        for name in ("cta",) + tuple(f"cta-{m}" for m in CKPT_MODES):
+            if name not in mem:
+                continue
+            c = mem[name]
+            r1 = c["growth"] / te["growth"]
+            r2 = (c["growth"] + c["weights"]) / (te["growth"] + te["weights"])
+            print(f"{name} / TENT peak test-time memory: {r2:.2f}x with weights, {r1:.2f}x working memory alone "
+                  f"(target <= 1.2x: {'met' if r2 <= 1.2 else 'not met'})")
+        if "bare-cta" in mem:
+            print(f"bare updates alone: {mem['bare-cta']['growth'] / mem['bare-tent']['growth']:.2f}x")
     print(f"# end: {machine_line()}")
     return 0
 

@@ -31,6 +31,17 @@ neither rule looks at labels. Each iteration's loss is taken on fresh random vie
 rule's ``stop_eps`` must sit above the noise of the view sampling to ever fire early.
 ``last_steps`` is the number of updates made on the last batch (a diagnostic, not state).
 
+Memory (an option of this library, off by default): ``checkpoint="stages"`` checkpoints each
+top-level stage of g during the SSL forward (``torch.utils.checkpoint``, non-reentrant; the
+children of ``g.layers`` for the CIFAR ResNets and airbench, the whole of g for an encoder without
+a ``layers`` Sequential), ``checkpoint="blocks"`` each residual block of those stages (see
+:mod:`testtime.methods._checkpoint`): the 2B views' activations inside a region are recomputed at
+backward instead of kept, for one more forward of g's stages per iteration. It is
+exact in every ``bn`` mode: the recomputation runs with the modes of the forward and puts the BN
+buffers back, so running statistics (``bn="lineage"``) move once per SSL pass, as without it; the
+views are drawn before the checkpointed region, so the generator is unaffected. Figures (peak
+memory against TENT, iteration cost) in docs/performance.md, target 3.
+
 CTA-C (``cta-c``) and the Y model (``y-model``) are the same code with another model bundle; see
 :mod:`testtime.methods.cta_c` and :mod:`testtime.methods.y_model`.
 
@@ -52,6 +63,8 @@ import torch
 from torch import nn
 
 from testtime.losses import nt_xent
+from testtime.methods._checkpoint import check_mode as check_checkpoint_mode
+from testtime.methods._checkpoint import checkpoint_regions, checkpointed
 from testtime.methods.base import (
     Method,
     MethodConfig,
@@ -77,6 +90,7 @@ class CTAConfig(MethodConfig):
     stop: str = "none"  # label-free early stopping: "none" (the paper) | "loss" | "predictions"
     stop_eps: float = 1e-3  # the change at or below which an iteration counts as converged
     stop_patience: int = 1  # converged iterations in a row before stopping
+    checkpoint: str = "none"  # "none" | "stages" | "blocks": recompute g's activations at backward (exact; memory)
 
 
 STOP_RULES = ("none", "loss", "predictions")
@@ -138,6 +152,7 @@ class ContrastiveTTT(Method):
             raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}; got {c.stop!r}")
         if not c.stop_eps >= 0 or c.stop_patience < 1:
             raise ValueError(f"stop_eps must be >= 0 and stop_patience >= 1, got {c.stop_eps}, {c.stop_patience}")
+        check_checkpoint_mode(c.checkpoint)
 
     def configure(self) -> None:
         self.model.eval()
@@ -147,6 +162,7 @@ class ContrastiveTTT(Method):
         if self.config.bn == "batch":
             use_batch_statistics(self.model)
         self._lineage_bn = batchnorm_layers(self.model) if self.config.bn == "lineage" else []
+        self._checkpoint_regions = checkpoint_regions(self.model.encoder, self.config.checkpoint)
         self._new_batch()
 
     def _bn_mode(self, train: bool) -> None:
@@ -211,7 +227,8 @@ class ContrastiveTTT(Method):
         b = x.shape[0]
         v1, v2 = simclr_views(x, self.generator, self.config.views)
         self._bn_mode(True)
-        z = self.model.ssl_embed(torch.cat([v1, v2]))  # (2B, D)
+        with checkpointed(self._checkpoint_regions):  # no regions: a plain forward
+            z = self.model.ssl_embed(torch.cat([v1, v2]))  # (2B, D)
         self._bn_mode(False)
         loss = nt_xent(z[:b], z[b:], self.config.tau)
         if stop == "loss" and self._loss_converged(loss):
