@@ -144,6 +144,41 @@ def test_bad_config_and_data():
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="larger than the training set"):
         fit(_sup_objective(), _split(8), TrainConfig(batch_size=16), None, log=None)
+    for bad, match in [({"crop_padding": -1}, "crop_padding"), ({"optimizer": "lamb"}, "optimizer"),
+                       ({"momentum": 1.0}, "momentum"), ({"label_smoothing": 1.0}, "label_smoothing")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_sgd_recipe_trains_and_resume_is_bit_identical(tmp_path):
+    """The fast-CIFAR options (Nesterov SGD, label smoothing, channels_last, crop padding 2): the loss falls,
+    and a run stopped after a checkpoint and resumed ends with the same weights as an uninterrupted one."""
+    from testtime.transforms import CropFlipConfig
+
+    cfg = TrainConfig(epochs=3, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.85, weight_decay=1e-3,
+                      label_smoothing=0.2, channels_last=True, crop_padding=2, warmup_epochs=0, log_every=2,
+                      checkpoint_every=3)
+
+    def objective():
+        m = _sup_objective().modules
+        return SupervisedObjective(m["encoder"], m["head"], CropFlipConfig(padding=cfg.crop_padding),
+                                   label_smoothing=cfg.label_smoothing)
+
+    obj = objective()
+    whole = fit(obj, _split(64), cfg, None, log=None)
+    assert whole.history[-1]["ce"] < whole.history[0]["ce"]
+    ref = {k: v.clone() for k, v in obj.modules["encoder"].state_dict().items()}
+
+    def stop(step, logs):
+        if step == 6:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        fit(objective(), _split(64), cfg, tmp_path, "s", on_step=stop, log=None)
+    obj2 = objective()
+    fit(obj2, _split(64), cfg, tmp_path, "s", log=None)
+    for k, v in obj2.modules["encoder"].state_dict().items():
+        assert torch.equal(v, ref[k]), k
 
 
 def _first_last(res, key):

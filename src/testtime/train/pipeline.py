@@ -82,6 +82,7 @@ from testtime.train.objectives import (
     SupervisedObjective,
 )
 from testtime.train.trainer import FitResult, TrainConfig, fit
+from testtime.transforms import CropFlipConfig
 
 Logger = Callable[[str], None]
 
@@ -242,7 +243,8 @@ def run_stages(
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
-        SupervisedObjective(sup.encoder, sup.fc, label_smoothing=cfg.supervised.label_smoothing),
+        SupervisedObjective(sup.encoder, sup.fc, CropFlipConfig(padding=cfg.supervised.crop_padding),
+                            label_smoothing=cfg.supervised.label_smoothing),
         train,
         _train_cfg(cfg, cfg.supervised),
         run_dir,

@@ -68,6 +68,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     label_smoothing: float = 0.0  # objectives with a cross-entropy term (supervised, probe, joint)
     channels_last: bool = False  # NHWC convolutions (about 1.3x faster on this CPU for the airbench net)
+    crop_padding: int = 4  # supervised crop + flip augmentation: zero padding of the random crop
     seed: int = 0
     checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
     log_every: int = 20  # steps
@@ -86,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
