@@ -60,7 +60,7 @@ def _ssl_objective(seed=0):
 def test_resume_after_kill_ends_with_same_weights(tmp_path, make):
     data = _split()
     ref = make()
-    fit(ref, data, CFG, tmp_path / "ref", "stage", log=None)
+    whole = fit(ref, data, CFG, tmp_path / "ref", "stage", log=None)
 
     killed = make()
 
@@ -80,6 +80,10 @@ def test_resume_after_kill_ends_with_same_weights(tmp_path, make):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not (tmp_path / "run" / "stage.resume.safetensors").exists()
+    # the logged rows, the last one included (its average spans the stop), are those of the whole run
+    drop = ("wall_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in res.history] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in whole.history]
 
 
 def test_checkpoint_sidecar_hash_and_config(tmp_path):

@@ -78,7 +78,7 @@ class TrainConfig:
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
+            raise ValueError(f"batch_size must be >= 2 (batch statistics need two images), got {self.batch_size}")
         if not self.lr > 0 or self.final_lr < 0:
             raise ValueError(f"lr must be > 0 and final_lr >= 0, got lr={self.lr}, final_lr={self.final_lr}")
         if self.warmup_epochs < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
@@ -212,6 +212,8 @@ def fit(
     total = max(1, int(round(config.epochs * per_epoch)))
     warmup = int(round(config.warmup_epochs * per_epoch))
     start = 0
+    running: dict[str, float] = {}  # sums of the logged values since the last log line
+    history: list[dict[str, float]] = []
     if resume_path is not None and resume and checkpoint_exists(resume_path):
         tensors, rmeta = load_checkpoint(resume_path)
         if rmeta.get("train_config") != _jsonable(meta["train_config"]):
@@ -222,6 +224,10 @@ def fit(
         load_module_tensors(objective.modules, tensors, source=str(resume_path))
         load_optimizer_tensors(opt, tensors, rmeta["optimizer_groups"])
         start = int(rmeta["step"])
+        # the partial sums and the logged rows before the stop: the log lines and history after a resume
+        # are those of an uninterrupted run
+        running = {k: float(v) for k, v in rmeta.get("running", {}).items()}
+        history = list(rmeta.get("history", []))
         if log:
             log(f"[{name}] resuming at step {start}/{total} from {resume_path}.safetensors")
 
@@ -231,20 +237,19 @@ def fit(
             save_checkpoint(
                 resume_path,
                 {**module_tensors(objective.modules), **ot},
-                {**meta, "step": step, "optimizer_groups": groups},
+                {**meta, "step": step, "optimizer_groups": groups, "running": running, "history": result.history},
             )
         D.barrier()
 
     objective.set_modes()
     D.broadcast_modules(objective.modules.values())  # the same start on every rank (no-op in one process)
     stats = D.running_stats(objective.modules[n] for n in objective.trainable) if world > 1 else []
-    result = FitResult(name, total, start, 0.0)
+    result = FitResult(name, total, start, 0.0, history=history)
     t0 = time.perf_counter()
     images = torch.from_numpy(data.images)  # (N, H, W, C) uint8
     labels = torch.from_numpy(data.labels)
     order: np.ndarray | None = None
     order_epoch = -1
-    running: dict[str, float] = {}
     for step in range(start, total):
         epoch, k = divmod(step, per_epoch)
         if epoch != order_epoch:
