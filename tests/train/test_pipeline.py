@@ -106,7 +106,14 @@ def test_demo_runs_end_to_end_on_a_tiny_input(tmp_path, capsys):
     assert f"report: {run / 'report' / 'report.md'}" in out
     md = (run / "report" / "report.md").read_text()
     assert "| gaussian_noise |" in md and "Δ (cta − other)" in md and "![accuracy per corruption]" in md
+    assert "![iterations]" in md and (run / "report" / "iterations-0.png").is_file()  # the paper's Fig. 3
     assert (run / "align.safetensors").is_file() and (run / "results.sqlite").is_file()
+    from testtime.store import ResultStore
+
+    with ResultStore.open(run) as store:
+        curves = store.curves(label="cta")
+    assert sorted(c["corruption"] for c in curves) == ["fog", "gaussian_noise"]
+    assert all(len(c["accuracies"]) == 11 and all(0 <= a <= 100 for a in c["accuracies"]) for c in curves)
 
 
 def test_bad_key_names_the_closest_valid_key():

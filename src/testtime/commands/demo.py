@@ -85,9 +85,40 @@ def run_demo(args: argparse.Namespace) -> int:
           f"run dir {run_dir}", flush=True)
     summary = run_bench(bench, run_dir, log=None if args.quiet else print, progress=not args.quiet)
     print(f"grid: {summary.ran} cells measured, {summary.skipped} reused ({time.perf_counter() - t0:.0f}s)")
+    store_cta_curve(bench, run_dir, quiet=args.quiet)
     with load_run(run_dir) as store:
         for table in build_tables(store, reference="cta"):
             print(to_markdown(table))
         files = write_report(store, run_dir / "report", reference="cta", title="testtime demo: CTA and baselines")
     print(f"demo done in {time.perf_counter() - t0:.0f}s; report: {files[0]}")
     return 0
+
+
+def store_cta_curve(bench, run_dir: Path, *, max_steps: int = 10, quiet: bool = False) -> None:
+    """CTA's accuracy after 0..``max_steps`` iterations per batch (episodic, the paper's Fig. 3) on the demo's
+    test corruptions at the grid's CTA settings, into the store (once: a stored curve is kept)."""
+    from testtime.bench.cells import BenchRun
+    from testtime.bench.evaluation import iteration_curve
+    from testtime.store import ResultStore
+
+    spec = bench.methods.get("cta")
+    if spec is None:
+        return
+    with ResultStore.open(run_dir) as store:
+        if store.curves(label="cta"):
+            return
+    run = BenchRun(bench, run_dir, log=None, progress=False)
+    settings = {"lr": 1e-4, **spec.settings}
+    sev, seed = bench.severities[0], bench.eval_seeds[0]
+    domains = [run.domain(c, sev, seed) for c in bench.corruptions]
+    t0 = time.perf_counter()
+    curves = iteration_curve(run.model("aligned"), "cta", domains, lr=float(settings["lr"]), max_steps=max_steps,
+                             batch_size=bench.batch_size, seed=seed, device=run.device)
+    rows = [{"method": "cta", "label": "cta", "corruption": c, "severity": sev, "seed": seed, "protocol": "episodic",
+             "backbone": run.cfg.model.arch, "dataset": run.dataset(), "hparams": {"lr": settings["lr"]},
+             "accuracies": acc} for c, acc in curves.items()]
+    with ResultStore.open(run_dir) as store:
+        store.put_many([], rows)
+    if not quiet:
+        print(f"[curve] cta: accuracy after 0..{max_steps} iterations on {len(domains)} corruptions "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)

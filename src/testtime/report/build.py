@@ -85,7 +85,7 @@ def _curve_plots(store: ResultStore, out_dir: Path, written: list[Path], P) -> l
     md = []
     for i, ((label, dataset, backbone, protocol, severity), rows) in enumerate(groups.items()):
         corrs = sorted({r["corruption"] for r in rows})
-        title = f"{label}: accuracy vs iterations · {dataset} · {backbone} · severity {severity}"
+        title = f"{label}: accuracy vs iterations\n{dataset} · {backbone} · severity {severity}"
         files = P.plot_curves(rows, out_dir / f"iterations-{i}", title=title)
         written += files
         md += [f"### Accuracy against test-time iterations: {label} (Fig. 3)", "",
