@@ -160,8 +160,9 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
         assert {p for label, p in pairs if label == m} == {"episodic"}
     assert {p for label, p in pairs if label == "cta"} == {"episodic", "reset-per-domain"}
     assert bench.methods["cta-0-steps"].settings == {"steps": 0}
-    assert bench.methods["cta-bn-source"].settings == {"bn": "source"}
-    assert bench.methods["cta-lineage"].settings == {"bn": "lineage"}
+    assert bench.methods["cta-bn-source"].settings == {"steps": 1, "bn": "source"}
+    assert bench.methods["cta-lineage"].settings == {"steps": 1, "bn": "lineage"}
+    assert bench.methods["eata"].settings == {"d_margin": 0.4, "fisher_alpha": 1.0}  # EATA's CIFAR settings
     assert {p for label, p in pairs if label == "rdumb"} == {"continual"}
 
 
