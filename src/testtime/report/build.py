@@ -4,7 +4,9 @@
 ``results.sqlite`` (checked for the schema version), plus the cells of its ``results.json`` and
 ``bench-*.json`` that the store does not hold. :func:`write_report` writes into ``out_dir``:
 
-- ``report.md``: every table (settings above it) and the plots;
+- ``report.md``: the summary tables first (:mod:`testtime.report.summary`), then every table
+  (settings above it) and the plots;
+- ``summary<i>.csv`` per summary table;
 - ``table<i>.csv`` (and ``table<i>.tex`` with ``latex=True``) per table;
 - ``accuracy-table<i>.{png,svg}`` per table, ``iterations-<i>.{png,svg}`` per curve setting,
   ``severity-<i>.{png,svg}`` per setting measured at several severities.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from testtime.report.summary import build_summaries, summary_csv, summary_markdown
 from testtime.report.tables import build_tables, table_title, to_csv, to_latex, to_markdown
 from testtime.store.db import STORE_NAME, ResultStore
 from testtime.store.importer import import_results_json, result_files
@@ -51,7 +54,7 @@ def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | No
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(store, reference=reference)
     written: list[Path] = []
-    md = [f"# {title}", ""]
+    md = [f"# {title}", "", *_summaries(store, out_dir, written)]
     if plots:
         from testtime.report import plots as P
     for i, t in enumerate(tables):
@@ -76,6 +79,16 @@ def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | No
     report = out_dir / "report.md"
     report.write_text("\n".join(md).rstrip() + "\n")
     return [report, *written]
+
+
+def _summaries(store: ResultStore, out_dir: Path, written: list[Path]) -> list[str]:
+    md = []
+    for i, s in enumerate(build_summaries(store)):
+        path = out_dir / f"summary{i}.csv"
+        path.write_text(summary_csv(s))
+        written.append(path)
+        md += [summary_markdown(s), f"CSV: [{path.name}]({path.name})", ""]
+    return md
 
 
 def _curve_plots(store: ResultStore, out_dir: Path, written: list[Path], P) -> list[str]:
