@@ -32,8 +32,9 @@ from testtime.bench.evaluation import corruption_seed
 from testtime.bench.protocols import Domain, get_protocol
 from testtime.bench.runner import run_batches
 from testtime.bench.spec import BenchConfig, MethodSpec, method_config, method_name, source_config
-from testtime.config import check_runnable, config_to_dict
+from testtime.config import PeerTrainConfig, check_runnable, config_to_dict
 from testtime.methods import METHODS, create_method
+from testtime.train.peer_stages import PEER_STAGES
 
 STAGE_OF_METHOD = {"cta": "aligned", "cta-c": "probe", "y-model": "joint", "ttt": "ttt", "ttt++": "ttt++",
                    "clust3": "clust3", "nc-ttt": "nc-ttt", "rec-ttt": "rec-ttt"}
@@ -83,6 +84,8 @@ class BenchRun:
             out[stage] = c[stage]
         if kind in c["peer_heads"]:
             out["peer_heads"] = c["peer_heads"][kind]
+        if kind in PEER_STAGES and c["peer_train"] != config_to_dict(PeerTrainConfig()):  # default: left out,
+            out["peer_train"] = c["peer_train"]  # so the cells stored before the section existed keep their keys
         return out
 
     def cell(self, label: str, protocol: str, corruption: str, severity: int, seed: int,
@@ -114,7 +117,7 @@ class BenchRun:
             from testtime.train.ttt_stages import train_aux_stage
 
             return train_aux_stage(self.cfg, self.run_dir, self.data, kind, log=self.log)
-        if kind in ("clust3", "nc-ttt", "rec-ttt"):
+        if kind in PEER_STAGES:
             from testtime.train.peer_stages import train_peer_stage
 
             return train_peer_stage(self.cfg, self.run_dir, self.data, kind, log=self.log)

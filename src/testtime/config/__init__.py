@@ -10,12 +10,14 @@ from testtime.config.pipeline import (
     EVAL_ROWS,
     HELDOUT_4,
     NAME_RE,
+    PEER_INITS,
     STAGES,
     AlignStageConfig,
     DataConfig,
     EvalConfig,
     JointStageConfig,
     ModelConfig,
+    PeerTrainConfig,
     PipelineConfig,
     ProbeStageConfig,
     SSLStageConfig,
@@ -28,6 +30,7 @@ from testtime.config.pipeline import (
 __all__ = [
     "EVAL_ROWS", "NAME_RE", "check_device", "check_range", "check_runnable",
     "HELDOUT_4", "STAGES", "AlignStageConfig", "DataConfig", "EvalConfig", "JointStageConfig", "ModelConfig",
-    "PipelineConfig", "ProbeStageConfig", "SSLStageConfig", "TTTConfig", "apply_overrides", "closest",
+    "PEER_INITS", "PeerTrainConfig", "PipelineConfig", "ProbeStageConfig", "SSLStageConfig", "TTTConfig",
+    "apply_overrides", "closest",
     "config_from_dict", "config_to_dict", "read_yaml",
 ]  # fmt: skip

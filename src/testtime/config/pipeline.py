@@ -108,6 +108,27 @@ class JointStageConfig:
     init: str = "supervised"  # "supervised": start from h(f) + identity pi; "scratch"
 
 
+PEER_INITS = ("scratch", "supervised")
+
+
+@dataclass(frozen=True)
+class PeerTrainConfig:
+    """Source training of the CTA paper's peers (:mod:`testtime.train.peer_stages`).
+
+    ``init``: ``"scratch"`` trains ClusT3's and NC-TTT's encoder + classifier with their heads from
+    scratch (the papers); ``"supervised"`` starts them from the ``supervised`` checkpoint (a CPU-budget
+    deviation; ReC-TTT always starts from it). ``train``: None = the pipeline's ``supervised``
+    TrainConfig; given, a whole TrainConfig (unset fields take TrainConfig's defaults).
+    """
+
+    init: str = "scratch"
+    train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.init not in PEER_INITS:
+            raise ValueError(f"peer_train.init must be one of {', '.join(PEER_INITS)}, got {self.init!r}")
+
+
 @dataclass(frozen=True)
 class TTTConfig:
     """Test time (paper: Adam, lr 1e-6, batch 128, 20 iterations, tau 0.01, episodic)."""
@@ -187,6 +208,7 @@ class PipelineConfig:
     # source-time heads of the CTA paper's peers, by method: fields of its HeadConfig that differ from
     # the paper's, e.g. {"nc-ttt": {"embed_dim": 64}} (``--set peer_heads.nc-ttt.embed_dim=64``)
     peer_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    peer_train: PeerTrainConfig = field(default_factory=PeerTrainConfig)  # how the peers' source models train
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name) or set(self.name) == {"."}:

@@ -1,17 +1,21 @@
 """Source-time training of the CTA paper's peers (``clust3``, ``nc-ttt``, ``rec-ttt``) by the one trainer.
 
-``clust3`` and ``nc-ttt`` train from scratch the classifier and the method's auxiliary heads on a
-shared testtime ResNet (:class:`testtime.methods._layer_heads.LayerHeadObjective`: CE + weight *
-the heads' source loss); ``rec-ttt`` starts its two encoders, its frozen teacher and its two
-classifiers from the preset's ``supervised`` checkpoint (trained first when missing: the official
-code starts all three encoders from one pretrained model) and trains them with the decoder
-(:class:`testtime.methods.rec_ttt.ReCTTTObjective`). Each stage is run by :func:`testtime.train.fit`
-with the pipeline's ``supervised`` :class:`TrainConfig`, on the same seeded training subset, so each
-peer gets the same data, epochs, schedule, checkpoints and resume as the supervised model of the
-same preset. The heads' settings are the method's ``HeadConfig`` (paper defaults; a preset or
-``--set peer_heads.<method>.<field>=...`` changes fields, e.g. NC-TTT's 1536 projector channels on a
-CPU), written to the sidecar as ``stage_config``: a checkpoint trained with other heads is not
-silently reused.
+``clust3`` and ``nc-ttt`` train the classifier and the method's auxiliary heads on a shared testtime
+ResNet (:class:`testtime.methods._layer_heads.LayerHeadObjective`: CE + weight * the heads' source
+loss): from scratch by default (``peer_train.init="scratch"``, the papers' joint training), or, with
+``peer_train.init="supervised"``, with the encoder + classifier first loaded from the preset's
+``supervised`` checkpoint (all its weights must fit) and only the heads freshly (seeded) initialised:
+a CPU-budget deviation from the papers (fine-tuning instead of joint training from scratch).
+``rec-ttt`` always starts its two encoders, its frozen teacher and its two classifiers from the
+``supervised`` checkpoint (the official code starts all three encoders from one pretrained model)
+and trains them with the decoder (:class:`testtime.methods.rec_ttt.ReCTTTObjective`). The
+``supervised`` checkpoint is trained first when missing. Each stage is run by
+:func:`testtime.train.fit` with ``peer_train.train`` when set, else the pipeline's ``supervised``
+:class:`TrainConfig`, on the same seeded training subset as the supervised model. The heads' settings
+are the method's ``HeadConfig`` (paper defaults; a preset or ``--set peer_heads.<method>.<field>=...``
+changes fields, e.g. NC-TTT's 1536 projector channels on a CPU), written to the sidecar as
+``stage_config``; the effective init and train config go to its ``peer_train``: a checkpoint trained
+with other heads, init or training is not silently reused.
 
 Files: ``<run_dir>/<method>.safetensors/.json`` (the model's ``checkpoint_modules()``).
 :func:`load_peer_model` rebuilds the model from the sidecar and fails, naming the method and the
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from testtime.train.checkpoint import load_modules, read_meta
+from testtime.train.checkpoint import checkpoint_exists, load_modules, read_meta
 from testtime.train.trainer import fit
 
 PEER_STAGES = ("clust3", "nc-ttt", "rec-ttt")
@@ -96,33 +100,70 @@ def peer_head_config(cfg: Any, stage: str) -> Any:
     return config_from_dict(cls.HeadConfig, dict(heads.get(stage) or {}), f"peer_heads.{stage}")
 
 
+def load_supervised_weights(model: nn.Module, sup: nn.Module, stage: str) -> None:
+    """Copy the supervised network's weights (``encoder.*``, ``fc.*``) into ``model``'s encoder + classifier.
+
+    Every supervised key must land on a tensor of the same shape and every encoder/classifier tensor must
+    be covered; otherwise a one-line ValueError names the keys.
+    """
+    target = nn.ModuleDict({"encoder": model.encoder, "fc": model.fc})
+    src, dst = sup.state_dict(), target.state_dict()
+    missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
+    shape = sorted(k for k in set(src) & set(dst) if src[k].shape != dst[k].shape)
+    if missing or extra or shape:
+        parts = [f"{what} {keys[:5]}" for what, keys in
+                 (("missing", missing), ("unexpected", extra), ("shape mismatch", shape)) if keys]
+        raise ValueError(f"peer_train.init=supervised: the supervised model does not fit {stage}'s encoder + "
+                         f"classifier ({'; '.join(parts)})")
+    target.load_state_dict(src, strict=True)
+
+
+def _check_init(run_dir: Path, stage: str, init: str, default: str) -> None:
+    """Refuse to reuse ``<run_dir>/<stage>`` (final or resume) trained from another init (absent: ``default``)."""
+    for path in (run_dir / stage, run_dir / f"{stage}.resume"):
+        if checkpoint_exists(path):
+            old = read_meta(path).get("meta", {}).get("peer_train", {}).get("init", default)
+            if old != init:
+                raise ValueError(f"{path}.safetensors was trained with peer_train.init={old!r}, now {init!r}; "
+                                 "use another --run-dir or delete it to retrain")
+
+
 def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
                      log: Any = print) -> nn.Module:
     """Train (or load, when its checkpoint exists) the source model of ``stage`` (one of ``PEER_STAGES``).
 
-    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device and the
-    ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
+    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device, ``peer_train``
+    and the ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
     """
+    from testtime.config import PeerTrainConfig
     from testtime.train.pipeline import _train_cfg
 
     cls = _method(stage)
     if head_config is None:
         head_config = peer_head_config(cfg, stage)
+    peer = getattr(cfg, "peer_train", None) or PeerTrainConfig()
+    from_sup = bool(getattr(cls, "init_from_supervised", False))  # ReC-TTT: always from the supervised model
+    init = "supervised" if from_sup else peer.init
+    tcfg = _train_cfg(cfg, peer.train if peer.train is not None else cfg.supervised)
     if getattr(cfg, "threads", None):
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_init(run_dir, stage, init, "supervised" if from_sup else "scratch")
     train = getattr(data, "train", data)
-    if getattr(cls, "init_from_supervised", False):  # ReC-TTT: encoders and teacher start from a trained model
+    sup = None
+    if init == "supervised":
         from testtime.train.pipeline import run_stages
 
         sup = run_stages(cfg, run_dir, data, stages=("supervised",), log=log).supervised
-        torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if from_sup:  # encoders and teacher start as copies of the trained model
         model = cls.source_model(copy.deepcopy(sup), head_config)
     else:
-        torch.manual_seed(cfg.seed)
         model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels,
                                  norm=cfg.model.norm, head_config=head_config)
+        if sup is not None:  # peer_train.init=supervised: the heads stay as built (seeded)
+            load_supervised_weights(model, sup, stage)
     meta = {
         "kind": KIND,
         "method": stage,
@@ -132,8 +173,9 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         "in_chans": int(train.channels),
         "image_size": list(train.image_size),
         "stage_config": dataclasses.asdict(head_config),
+        "peer_train": {"init": init, "train": dataclasses.asdict(tcfg)},
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }
-    fit(cls.source_objective(model), train, _train_cfg(cfg, cfg.supervised), run_dir, stage, meta=meta, log=log)
+    fit(cls.source_objective(model), train, tcfg, run_dir, stage, meta=meta, log=log)
     return model.eval()

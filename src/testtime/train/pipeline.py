@@ -57,6 +57,7 @@ from testtime.config import (  # noqa: F401  (re-exported)
     EvalConfig,
     JointStageConfig,
     ModelConfig,
+    PeerTrainConfig,
     PipelineConfig,
     ProbeStageConfig,
     SSLStageConfig,
