@@ -39,6 +39,7 @@ def _spy_fit(monkeypatch) -> dict:
     def spy(objective, data, config, *args, **kwargs):
         seen["state"] = {k: v.detach().clone() for k, v in objective.model.state_dict().items()}
         seen["config"] = config
+        seen["padding"] = objective.augment.padding
         return real(objective, data, config, *args, **kwargs)
 
     monkeypatch.setattr(peer_stages, "fit", spy)
@@ -81,6 +82,15 @@ def test_default_is_scratch_with_the_supervised_train_config(tmp_path, monkeypat
     assert all(torch.equal(seen["state"][k], v) for k, v in fresh.state_dict().items())
     meta = _meta(tmp_path / "clust3.json")
     assert (meta["step"], meta["train_config"]["epochs"], meta["peer_train"]["init"]) == (3, 1.0, "scratch")
+    assert seen["padding"] == cfg.supervised.crop_padding  # the train config's crop, not a fixed 4
+
+
+@pytest.mark.parametrize("stage", ["clust3", "rec-ttt"])
+def test_peer_training_crops_with_the_train_configs_padding(tmp_path, monkeypatch, stage):
+    cfg = _cfg(init="supervised", train={**TUNE, "crop_padding": 2})
+    seen = _spy_fit(monkeypatch)
+    peer_stages.train_peer_stage(cfg, tmp_path, _split(), stage, log=None)
+    assert seen["padding"] == 2
 
 
 def test_a_checkpoint_of_another_init_is_not_reused(tmp_path):

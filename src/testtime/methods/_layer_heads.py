@@ -143,8 +143,8 @@ class LayerHeadTTT(Method):
         return LayerHeadModel(encoder, base.fc, heads, method=cls.name, head_config=head_config)
 
     @classmethod
-    def source_objective(cls, model: LayerHeadModel) -> LayerHeadObjective:
-        return LayerHeadObjective(model, weight=float(getattr(model.head_config, "weight", 1.0)))
+    def source_objective(cls, model: LayerHeadModel, augment: CropFlipConfig | None = None) -> LayerHeadObjective:
+        return LayerHeadObjective(model, weight=float(getattr(model.head_config, "weight", 1.0)), augment=augment)
 
     @classmethod
     def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:

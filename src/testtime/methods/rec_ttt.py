@@ -224,8 +224,8 @@ class ReCTTT(Method):
                            copy.deepcopy(base.fc), head_config=head_config)
 
     @classmethod
-    def source_objective(cls, model: ReCTTTModel) -> ReCTTTObjective:
-        return ReCTTTObjective(model)
+    def source_objective(cls, model: ReCTTTModel, augment: CropFlipConfig | None = None) -> ReCTTTObjective:
+        return ReCTTTObjective(model, augment)
 
     @classmethod
     def example_model(cls, num_classes: int = 4, in_chans: int = 3) -> nn.Module:

@@ -177,5 +177,8 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }
-    fit(cls.source_objective(model), train, tcfg, run_dir, stage, meta=meta, log=log)
+    from testtime.transforms.views import CropFlipConfig
+
+    augment = CropFlipConfig(padding=tcfg.crop_padding)  # the train config's crop, as the supervised stage's
+    fit(cls.source_objective(model, augment), train, tcfg, run_dir, stage, meta=meta, log=log)
     return model.eval()
