@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         if k in measured:
             rows.append(("CTA (episodic)", str(k), measured[k], "measured"))
         else:
-            rows.append(("CTA (episodic)", str(k), measured[lo] + (k - lo) * t_iter, f"extrapolated from {lo}"))
+            how = f"extrapolated: T({lo}) + (k - {lo}) x slope of {lo}..{measure[-1]}" if len(measure) > 1 else \
+                f"extrapolated from {lo}"
+            rows.append(("CTA (episodic)", str(k), measured[lo] + (k - lo) * t_iter, how))
     print(f"\n{args.arch}, batch {args.batch}, {args.size}x{args.size} images, {args.threads} thread(s)")
     print("| method | iterations | s / batch | images/s | |")
     print("|---|---:|---:|---:|---|")
