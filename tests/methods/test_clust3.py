@@ -169,11 +169,17 @@ def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
 
     monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(toy_split(), toy_split(), toy_split()))
     sets = ["supervised.epochs=1", "supervised.batch_size=16", "supervised.warmup_epochs=0"]
-    argv = ["train", "clust3", "--run-dir", str(tmp_path), "--quiet"] + [a for s in sets for a in ("--set", s)]
-    assert main(argv) == 0
-    assert "clust3:" in capsys.readouterr().out
+    argv = ["train", "clust3", "--run-dir", str(tmp_path), "--quiet", "--eval-clean"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    out = capsys.readouterr().out
+    assert "clust3:" in out
     model = load_peer_model(tmp_path / "clust3", "clust3")
     assert model.head_config == ClusT3HeadConfig()  # the paper's heads
+    # --eval-clean: the peer's own clean accuracy (eval mode, test-batch BN) on the test split
+    from testtime.bench.evaluation import clean_accuracy
+
+    want = (clean_accuracy(model, toy_split()), clean_accuracy(model, toy_split(), test_batch_bn=True))
+    assert f"| clust3 | {want[0]:.2f} | {want[1]:.2f} |" in out
 
 
 def test_bench_grid_builds_clust3_on_its_own_source_model(tmp_path, toy_split):

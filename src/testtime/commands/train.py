@@ -245,30 +245,30 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.stage in ("ttt", "ttt++"):  # the TTT / TTT++ baselines: same trainer, their heads and losses
         from testtime.train.ttt_stages import train_aux_stage
 
-        train_aux_stage(cfg, run_dir, data, args.stage, log=log)
+        model = train_aux_stage(cfg, run_dir, data, args.stage, log=log)
         say(f"{args.stage}: {run_dir / args.stage}")
-        return 0
-    if args.stage in PEER_STAGES:  # the CTA paper's peers with layer heads: same trainer, their heads
+    elif args.stage in PEER_STAGES:  # the CTA paper's peers with layer heads: same trainer, their heads
         from testtime.train.peer_stages import train_peer_stage
 
-        train_peer_stage(cfg, run_dir, data, args.stage, log=log)
+        model = train_peer_stage(cfg, run_dir, data, args.stage, log=log)
         say(f"{args.stage}: {run_dir / args.stage}")
-        return 0
-    models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)
-    fitres = models.fits[args.stage]
-    say(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
+    else:
+        models = run_stages(cfg, run_dir, data, stages=(args.stage,), log=log)
+        fitres = models.fits[args.stage]
+        say(f"{args.stage}: {fitres.checkpoint or run_dir} ({fitres.wall_s:.0f}s)")
     if args.eval_clean and is_main():
-        print_clean_accuracy(models, data.pool if data.pool is not None else data.test, cfg)
+        named = models.named() if args.stage not in ("ttt", "ttt++", *PEER_STAGES) else [(args.stage, model)]
+        print_clean_accuracy(named, data.pool if data.pool is not None else data.test, cfg)
     return 0
 
 
-def print_clean_accuracy(models: Any, split: Any, cfg: Any) -> None:
-    """Clean accuracy of each model on ``split`` (batches of 256 in a seeded shuffle), as a small table."""
+def print_clean_accuracy(named: list[tuple[str, Any]], split: Any, cfg: Any) -> None:
+    """Clean accuracy of each (label, model) on ``split`` (batches of 256 in a seeded shuffle), as a table."""
     from testtime.bench.evaluation import clean_accuracy
 
     print(f"clean accuracy (%) on {split.name} ({len(split)} images), seed {cfg.seed}:")
     print("| model | eval mode | test-batch BN |\n|---|---:|---:|")
-    for label, m in models.named():
+    for label, m in named:
         acc = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed)
         bn = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed, test_batch_bn=True)
         print(f"| {label} | {acc:.2f} | {bn:.2f} |", flush=True)
