@@ -56,13 +56,14 @@ def test_summary_numbers_order_and_delta():
                        "mean ± std over seeds", "Δ vs bn", "images / s"]
     chosen = "held-out on spatter, saturate: lr=0.001 of [lr=0.0001: 55.00, lr=0.001: 61.25]"
     # per-seed means over (gaussian_noise, fog): cta (65, 72), tent (55, 60), bn (50, 52), tent cont. (40, 45),
-    # sar (55, 20); sample std of two values = |a - b| / sqrt(2)
+    # sar (55, 20); sample std of two values = |a - b| / sqrt(2); Δ's std is that of the paired per-seed
+    # differences: cta (15, 20), tent (5, 8), tent cont. (-10, -7)
     assert rows[1:] == [
-        ["cta", "cta", PROTO, "lr=1e-06", "defaults", "2", "2", "**68.50 ± 4.95**", "+17.50", "10"],
-        ["tent", "tent", PROTO, "lr=0.001", chosen, "2", "2", "57.50 ± 3.54", "+6.50", "80"],
-        ["bn", "bn", PROTO, "defaults", "defaults", "2", "2", "51.00 ± 1.41", "+0.00", "110"],
+        ["cta", "cta", PROTO, "lr=1e-06", "defaults", "2", "2", "**68.50 ± 4.95**", "+17.50 ± 3.54", "10"],
+        ["tent", "tent", PROTO, "lr=0.001", chosen, "2", "2", "57.50 ± 3.54", "+6.50 ± 2.12", "80"],
+        ["bn", "bn", PROTO, "defaults", "defaults", "2", "2", "51.00 ± 1.41", "+0.00 ± 0.00", "110"],
         # bn has no continual row: compared with bn's only protocol (episodic)
-        ["tent", "tent", CONT, "lr=0.001", "defaults", "2", "2", "42.50 ± 3.54", "-8.50", "80"],
+        ["tent", "tent", CONT, "lr=0.001", "defaults", "2", "2", "42.50 ± 3.54", "-8.50 ± 2.12", "80"],
         # only seed 1 shared with bn: 55 - 52
         ["sar", "sar", PROTO, "defaults", "defaults", "2", "2", "37.50 ± 24.75", "+3.00", "40"],
     ]
@@ -73,13 +74,13 @@ def test_summary_csv():
     (s,) = build_summaries(summary_store())
     got = list(csv.reader(io.StringIO(summary_csv(s))))
     assert got[0] == ["label", "method", "protocol", "hparams", "chosen_by", "n_corruptions", "n_seeds", "mean",
-                      "std", "delta_vs_bn", "images_per_s"]
-    assert [(r[0], r[2], r[5], r[6], r[7], r[8], r[9], r[10]) for r in got[1:]] == [
-        ("cta", PROTO, "2", "2", "68.5000", "4.9497", "17.5000", "10.0000"),
-        ("tent", PROTO, "2", "2", "57.5000", "3.5355", "6.5000", "80.0000"),
-        ("bn", PROTO, "2", "2", "51.0000", "1.4142", "0.0000", "110.0000"),
-        ("tent", CONT, "2", "2", "42.5000", "3.5355", "-8.5000", "80.0000"),
-        ("sar", PROTO, "2", "2", "37.5000", "24.7487", "3.0000", "40.0000"),
+                      "std", "delta_vs_bn", "delta_vs_bn_std", "images_per_s"]
+    assert [(r[0], r[2], r[5], r[6], r[7], r[8], r[9], r[10], r[11]) for r in got[1:]] == [
+        ("cta", PROTO, "2", "2", "68.5000", "4.9497", "17.5000", "3.5355", "10.0000"),
+        ("tent", PROTO, "2", "2", "57.5000", "3.5355", "6.5000", "2.1213", "80.0000"),
+        ("bn", PROTO, "2", "2", "51.0000", "1.4142", "0.0000", "0.0000", "110.0000"),
+        ("tent", CONT, "2", "2", "42.5000", "3.5355", "-8.5000", "2.1213", "80.0000"),
+        ("sar", PROTO, "2", "2", "37.5000", "24.7487", "3.0000", "", "40.0000"),
     ]
     assert got[2][4].startswith("held-out on spatter, saturate: lr=0.001 of [")
 

@@ -44,6 +44,7 @@ class SummaryRow:
     left_out: list[int]  # seeds lacking a corruption
     images_per_s: list[float]
     delta: float | None = None
+    delta_std: float | None = None  # sample std over the common seeds of the per-seed difference (paired)
 
     @property
     def mean(self) -> float | None:
@@ -138,7 +139,9 @@ def _set_deltas(s: Summary) -> None:
                 s.notes.append(f"{row.header} ({row.protocol}): no Δ vs {s.baseline}: {base}")
             continue
         seeds = sorted(set(row.by_seed) & set(base.by_seed))
-        row.delta = float(np.mean([row.by_seed[k] for k in seeds]) - np.mean([base.by_seed[k] for k in seeds]))
+        diffs = [row.by_seed[k] - base.by_seed[k] for k in seeds]  # paired: the same test images and draws
+        row.delta = float(np.mean(diffs))
+        row.delta_std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
 
 
 def _notes(s: Summary) -> None:
@@ -177,7 +180,11 @@ HEAD = ["label", "method", "protocol", "hyperparameters", "chosen by", "corrupti
 def _cells(r: SummaryRow) -> list[str]:
     ips = f"{np.mean(r.images_per_s):.4g}" if r.images_per_s else DASH
     return [r.header, r.method, r.protocol, hparams_text(r.hparams), r.choice, str(len(r.corruptions)),
-            str(len(r.by_seed)), fmt(list(r.by_seed.values())), fmt_delta(r.delta), ips]
+            str(len(r.by_seed)), fmt(list(r.by_seed.values())), _delta_text(r), ips]
+
+
+def _delta_text(r: SummaryRow) -> str:
+    return fmt_delta(r.delta) + (f" ± {r.delta_std:.2f}" if r.delta_std is not None else "")
 
 
 def summary_markdown(s: Summary) -> str:
@@ -185,7 +192,8 @@ def summary_markdown(s: Summary) -> str:
     lines = [f"### Summary: {s.dataset} · {s.backbone} · severity {s.severity}", "",
              "Mean: each seed's mean over the row's corruptions, then mean ± sample std over seeds. "
              f"Δ vs {s.baseline}: the row's mean minus {s.baseline}'s (same protocol, else {s.baseline}'s only "
-             "protocol), over the seeds both have.", "",
+             "protocol), over the seeds both have; ± the sample std over those seeds of the per-seed "
+             "difference (paired: both rows saw the same images and corruption draws).", "",
              "| " + " | ".join(HEAD).format(s.baseline) + " |", "|---" * 5 + "|---:" * 5 + "|"]
     best = _best([r.mean for r in s.rows])
     for i, r in enumerate(s.rows):
@@ -203,11 +211,11 @@ def summary_csv(s: Summary) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["label", "method", "protocol", "hparams", "chosen_by", "n_corruptions", "n_seeds", "mean", "std",
-                f"delta_vs_{s.baseline}", "images_per_s"])
+                f"delta_vs_{s.baseline}", f"delta_vs_{s.baseline}_std", "images_per_s"])
     for r in s.rows:
         m, sd = mean_std(list(r.by_seed.values())) if r.by_seed else (None, None)
         w.writerow([r.header, r.method, r.protocol, hparams_text(r.hparams), r.choice, len(r.corruptions),
-                    len(r.by_seed), _num(m), _num(sd), _num(r.delta),
+                    len(r.by_seed), _num(m), _num(sd), _num(r.delta), _num(r.delta_std),
                     _num(float(np.mean(r.images_per_s)) if r.images_per_s else None)])
     return buf.getvalue()
 
