@@ -1,8 +1,9 @@
 """What ClusT3 and NC-TTT share: auxiliary heads on intermediate encoder layers, trained jointly with
 the classifier at source time and used alone at test time to update the encoder up to a layer.
 
-- :class:`LayerHeadModel`: ``encoder`` (a testtime CIFAR ResNet :class:`~testtime.models.resnet.Encoder`,
-  whose ``stage_outputs`` gives the feature map after every stage), ``fc`` and ``heads``, a module
+- :class:`LayerHeadModel`: ``encoder`` (a testtime ResNet :class:`~testtime.models.resnet.Encoder` or
+  :class:`~testtime.models.airbench.AirbenchEncoder`, whose ``stage_outputs`` gives the feature map after
+  every stage), ``fc`` and ``heads``, a module
   with ``source_loss(feats, g)`` (the auxiliary loss of joint training) and ``test_loss(feats)`` (the
   loss minimised at test time), both reading the list of stage outputs ``feats``.
 - :class:`LayerHeadObjective`: the joint source objective ``CE(fc(pool(f_L))) + weight *
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from testtime.losses import cross_entropy
@@ -37,7 +37,8 @@ class LayerHeadModel(nn.Module):
     """``forward(x) = fc(encoder(x))`` (logits (B, K)) plus ``heads`` on the encoder's stage outputs.
 
     Args:
-        encoder: a testtime ResNet encoder (``stage_outputs``, ``stage_dims``).
+        encoder: a testtime resnet or airbench encoder (``stage_outputs``, ``stage_dims``, ``pool_features``,
+            ``stem_modules``).
         fc: the classifier (B, D) -> (B, K).
         heads: the method's auxiliary module (``source_loss``, ``test_loss``).
         method: the registered name of the method the heads belong to.
@@ -64,8 +65,8 @@ class LayerHeadModel(nn.Module):
         return self.encoder.stage_outputs(x)
 
     def logits_from(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """``fc(global average pool of the last stage)`` = ``forward(x)`` from ``stage_outputs(x)``."""
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(feats[-1], 1), 1))  # (B, K)
+        """``fc(encoder.pool_features(last stage))`` = ``forward(x)`` from ``stage_outputs(x)``."""
+        return self.fc(self.encoder.pool_features(feats[-1]))  # (B, K)
 
 
 class LayerHeadObjective(Objective):
@@ -131,13 +132,14 @@ class LayerHeadTTT(Method):
     # ----- source-time model and objective ----------------------------------------------------
     @classmethod
     def source_model(cls, base: nn.Module, head_config: Any = None) -> LayerHeadModel:
-        """``base`` (a testtime ResNet: ``.encoder``, ``.fc``) with fresh heads; shares base's modules."""
+        """``base`` (a testtime resnet or airbench: ``.encoder``, ``.fc``) with fresh heads; shares base's modules."""
         head_config = head_config if head_config is not None else cls.HeadConfig()
         encoder = getattr(base, "encoder", None)
-        if not hasattr(encoder, "stage_outputs"):
+        if not all(hasattr(encoder, a) for a in ("stage_outputs", "stage_dims", "pool_features", "stem_modules")):
             raise ValueError(
-                f"method {cls.name!r} puts its heads on intermediate layers: it needs a testtime CIFAR ResNet "
-                f"(testtime.models.create_model), got {type(base).__name__}"
+                f"method {cls.name!r} puts its heads on intermediate layers: it needs an encoder with "
+                f"stage_outputs (a testtime resnet or airbench from testtime.models.create_model), "
+                f"got {type(base).__name__}"
             )
         heads = cls.Heads(tuple(encoder.stage_dims), head_config)
         return LayerHeadModel(encoder, base.fc, heads, method=cls.name, head_config=head_config)
@@ -172,7 +174,7 @@ class LayerHeadTTT(Method):
         self.model.eval()
         self.model.requires_grad_(False)
         enc = self.model.encoder
-        for part in (enc.conv1, enc.bn1, *list(enc.layers)[: self.config.extract_layer]):
+        for part in (*enc.stem_modules(), *list(enc.layers)[: self.config.extract_layer]):
             part.requires_grad_(True)
         self._first_logits: torch.Tensor | None = None
 

@@ -22,17 +22,19 @@ decay 1e-5) on both encoders and both classifiers, 10 iterations of the reconstr
 encoders' stages 1-3 in train mode and everything else in eval mode; then the batch is predicted in
 eval mode from the sum of the two heads' logits.
 
-On the project's CIFAR ResNets the "three layers" are the three stages and the classifiers read the
-last one; on 4-stage ResNets (resnet18/50) stages 1-3 are reconstructed and stage 4 feeds the
-classifiers, as in the official ResNet-50.
+On the project's CIFAR ResNets (and airbench's three conv groups) the "three layers" are the three
+stages and the classifiers read the last one; on 4-stage ResNets (resnet18/50) stages 1-3 are
+reconstructed and stage 4 feeds the classifiers, as in the official ResNet-50.
 
 Differences from the official code, on purpose or by necessity:
 
 - The decoder: the official one is RD4AD's ``de_resnet50`` (reverse ResNet-50 blocks, not in the
   repository's history stored here); here a compact one of the same shape (stride-2 convolutions
   fuse the three stage maps into an embedding of twice the last stage's channels at half its
-  resolution, then bilinear upsampling + two 3x3 conv-BN-ReLU per stage, and one 3x3 output
-  convolution per stage and source), sized from the encoder's stage widths.
+  resolution (a strided map that comes out larger than the last stage, as airbench's 15 / 7 / 3 px
+  stages do, is average-pooled to its size first), then bilinear upsampling + two 3x3 conv-BN-ReLU
+  per stage, and one 3x3 output convolution per stage and source), sized from the encoder's stage
+  widths.
 - The symmetric KL is taken over the classes (the official ``log_softmax(..., 0)`` is over the batch).
 - Hard-example mining of the official source training (``global_cosine_hm``: gradients of
   well-reconstructed positions zeroed, with a warm-up of the threshold) is not reproduced; the plain
@@ -126,7 +128,11 @@ class CrossDecoder(nn.Module):
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        z = self.fuse(torch.cat([d(f) for d, f in zip(self.down, feats)], 1))  # (4B, 2 C_3, h, w)
+        size = feats[-1].shape[-2:]
+        down = [d(f) for d, f in zip(self.down, feats)]
+        # odd sizes (airbench: 15 / 7 / 3 px) leave the strided maps larger than stage 3: pool them to its size
+        down = [f if f.shape[-2:] == size else F.adaptive_avg_pool2d(f, size) for f in down]
+        z = self.fuse(torch.cat(down, 1))  # (4B, 2 C_3, h, w)
         decoded: list[torch.Tensor] = []
         for up, target in zip(self.up, reversed(feats)):
             z = up(F.interpolate(z, size=target.shape[-2:], mode="bilinear", align_corners=False))
@@ -152,8 +158,9 @@ class ReCTTTModel(nn.Module):
                 "decoder": self.decoder, "fc": self.fc, "fc2": self.fc2}
 
     @staticmethod
-    def _logits(fc: nn.Module, last: torch.Tensor) -> torch.Tensor:
-        return fc(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))  # (B, K)
+    def _logits(encoder: nn.Module, fc: nn.Module, last: torch.Tensor) -> torch.Tensor:
+        """``fc(encoder(x))`` from the last stage map of ``encoder.stage_outputs(x)``, (B, K)."""
+        return fc(encoder.pool_features(last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``fc(encoder(x)) + fc2(encoder2(flip x))``, (B, K): the official prediction (argmax of the sum)."""
@@ -170,7 +177,9 @@ class ReCTTTModel(nn.Module):
         out = self.decoder([torch.cat([s[lv] for s in srcs]) for lv in range(N_REC)])
         targets = (t1, s1[:N_REC], s2[:N_REC], t2)  # what each source's decoding reconstructs
         rec = sum(global_cosine_distance(t[lv], o[lv]) for t, o in zip(targets, out) for lv in range(N_REC))
-        return rec / len(SOURCES), self._logits(self.fc, s1[-1]), self._logits(self.fc2, s2[-1])
+        l1 = self._logits(self.encoder, self.fc, s1[-1])
+        l2 = self._logits(self.encoder2, self.fc2, s2[-1])
+        return rec / len(SOURCES), l1, l2
 
 
 class ReCTTTObjective(Objective):
@@ -213,12 +222,13 @@ class ReCTTT(Method):
 
     @classmethod
     def source_model(cls, base: nn.Module, head_config: ReCTTTHeadConfig | None = None) -> ReCTTTModel:
-        """Encoder, teacher and classifier copies of ``base`` (a testtime ResNet) and a fresh decoder."""
+        """Encoder, teacher and classifier copies of ``base`` (a testtime resnet or airbench) and a fresh decoder."""
         head_config = head_config if head_config is not None else ReCTTTHeadConfig()
         encoder = getattr(base, "encoder", None)
         if not hasattr(encoder, "stage_outputs") or len(encoder.stage_dims) < N_REC:
-            raise ValueError(f"method {cls.name!r} reconstructs {N_REC} stages: it needs a testtime ResNet "
-                             f"(testtime.models.create_model), got {type(base).__name__}")
+            raise ValueError(f"method {cls.name!r} reconstructs {N_REC} stages: it needs an encoder with "
+                             f"stage_outputs (a testtime resnet or airbench from testtime.models.create_model), "
+                             f"got {type(base).__name__}")
         decoder = CrossDecoder(tuple(encoder.stage_dims[:N_REC]))
         return ReCTTTModel(encoder, copy.deepcopy(encoder), copy.deepcopy(encoder), decoder, base.fc,
                            copy.deepcopy(base.fc), head_config=head_config)

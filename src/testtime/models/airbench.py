@@ -84,6 +84,7 @@ class AirbenchEncoder(nn.Module):
             cin = w
         self.layers = nn.Sequential(*groups)
         self.out_dim = cin
+        self.stage_dims = tuple(widths)  # C_i of each group's output
         self.feature_scale = feature_scale
 
     @torch.no_grad()
@@ -113,9 +114,26 @@ class AirbenchEncoder(nn.Module):
         self.stem.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool_features(self.stage_outputs(x)[-1])  # (B, D)
+
+    def stage_outputs(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Feature maps after each conv group, the first ``upto`` of them (all by default): a list of
+        (B, C_i, H_i, W_i), the stages that intermediate-layer heads (ClusT3, NC-TTT, ReC-TTT) read."""
         x = F.gelu(self.stem(self.normalize(x)))
-        x = self.layers(x)  # (B, D, h, w)
-        return torch.flatten(F.adaptive_max_pool2d(x, 1), 1) * self.feature_scale  # (B, D)
+        outs = []
+        for group in list(self.layers)[: len(self.layers) if upto is None else upto]:
+            x = group(x)
+            outs.append(x)
+        return outs
+
+    def pool_features(self, last: torch.Tensor) -> torch.Tensor:
+        """The last group's map (B, D, h, w) -> the feature vector (B, D) of ``forward``: global max pool
+        times ``feature_scale``."""
+        return torch.flatten(F.adaptive_max_pool2d(last, 1), 1) * self.feature_scale
+
+    def stem_modules(self) -> tuple[nn.Module, ...]:
+        """The trainable modules before group 1 (the 2x2 ``stem``)."""
+        return (self.stem,)
 
 
 _SPECS = {

@@ -114,8 +114,15 @@ class Encoder(nn.Module):
         self.stage_dims = tuple(w * block.expansion for w in widths)  # C_i of each stage's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage_outputs(x)[-1]  # (B, D, h, w)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, D)
+        return self.pool_features(self.stage_outputs(x)[-1])  # (B, D)
+
+    def pool_features(self, last: torch.Tensor) -> torch.Tensor:
+        """The last stage's map (B, D, h, w) -> the feature vector (B, D) of ``forward``: global average pool."""
+        return torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
+
+    def stem_modules(self) -> tuple[nn.Module, ...]:
+        """The trainable modules before stage 1 (``conv1``, ``bn1``)."""
+        return (self.conv1, self.bn1)
 
     def stage_outputs(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """Feature maps after each stage (``layer1``, ``layer2``, ... of the ResNet papers), the first
