@@ -33,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bench = load_bench_config(args.config)
     per_pair = len(bench.corruptions) * len(bench.severities) * len(bench.eval_seeds)
-    store = ResultStore.open(path)
+    with ResultStore.open(path) as store:
+        cells = {pair: store.cells(label=pair[0], protocol=pair[1]) for pair in expand(bench)}
     total_measured = total_projected = 0.0
     unknown = []
     print(f"{'label':16} {'protocol':17} {'cells':>5} {'s/cell':>7} {'projected h':>11}")
-    for label, protocol in expand(bench):
-        walls = [c["wall_s"] for c in store.cells(label=label, protocol=protocol) if c.get("wall_s") is not None]
+    for (label, protocol), rows in cells.items():
+        walls = [c["wall_s"] for c in rows if c.get("wall_s") is not None]
         if not walls:
             unknown.append(f"{label} ({protocol})")
             continue

@@ -40,6 +40,7 @@ from torch import nn
 
 from testtime.train.checkpoint import checkpoint_exists, load_modules, read_meta
 from testtime.train.trainer import fit
+from testtime.transforms.views import CropFlipConfig
 
 PEER_STAGES = ("clust3", "nc-ttt", "rec-ttt")
 KIND = "layer-head-model"
@@ -177,8 +178,6 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }
-    from testtime.transforms.views import CropFlipConfig
-
     augment = CropFlipConfig(padding=tcfg.crop_padding)  # the train config's crop, as the supervised stage's
     fit(cls.source_objective(model, augment), train, tcfg, run_dir, stage, meta=meta, log=log)
     return model.eval()
