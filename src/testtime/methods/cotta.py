@@ -66,6 +66,11 @@ class CoTTA(Method):
     default_order = "before"
     before_logits = "last"
 
+    @classmethod
+    def example_config(cls) -> CoTTAConfig:
+        """Contract-test config: 4 augmented copies (the paper's 32 stay the default)."""
+        return CoTTAConfig(n_augmentations=4)
+
     def check_model(self, model: nn.Module) -> None:
         c = self.config
         if not (0 <= c.mt <= 1 and 0 <= c.rst <= 1 and c.n_augmentations >= 1):

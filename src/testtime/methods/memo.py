@@ -54,6 +54,11 @@ class MEMO(Method):
     requirements = Requirements(adapts="all parameters, reset to the source for every image", views="augmix")
     default_order = "after"
 
+    @classmethod
+    def example_config(cls) -> MEMOConfig:
+        """Contract-test config: 4 views per image (the paper's 32 stay the default)."""
+        return MEMOConfig(n_views=4)
+
     def check_model(self, model: torch.nn.Module) -> None:
         if self.config.n_views < 1:
             raise ValueError(f"memo: n_views must be >= 1, got {self.config.n_views}")
