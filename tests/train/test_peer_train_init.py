@@ -23,12 +23,15 @@ TUNE = {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "lr": 1e-2, "optimize
 
 def _split(n: int = 48) -> ImageSplit:
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)  # 16 px: the size plays no part here
     return ImageSplit(images, rng.integers(0, 3, n).astype(np.int64), ("a", "b", "c"), "toy")
 
 
+HEADS = {"nc-ttt": {"embed_dim": 16}}  # NC-TTT's 1536 projector channels would make its stage 10x slower
+
+
 def _cfg(**peer_train) -> PipelineConfig:
-    return config_from_dict(PipelineConfig, {"supervised": SUP, "peer_train": peer_train})
+    return config_from_dict(PipelineConfig, {"supervised": SUP, "peer_train": peer_train, "peer_heads": HEADS})
 
 
 def _spy_fit(monkeypatch) -> dict:
