@@ -140,15 +140,17 @@ def colour_batch() -> Callable[..., torch.Tensor]:
 
 @pytest.fixture
 def toy_split():
-    """``split(n=48, seed=0)``: a seeded labelled source split of random uint8 images (n, 32, 32, 3), 3 classes,
-    for the source-stage tests of methods with heads trained at source time (clust3, nc-ttt)."""
+    """``split(n=48, seed=0, size=16)``: a seeded labelled source split of random uint8 images (n, size, size, 3),
+    3 classes, for the source-stage tests of methods with heads trained at source time (clust3, nc-ttt, rec-ttt);
+    16 px by default (a quarter of CIFAR's cost: those tests check training, saving and reloading), 32 px for
+    commands that corrupt it with the CIFAR parameters."""
     import numpy as np
 
     from testtime.data.split import ImageSplit
 
-    def split(n: int = 48, seed: int = 0) -> ImageSplit:
+    def split(n: int = 48, seed: int = 0, size: int = 16) -> ImageSplit:
         rng = np.random.default_rng(seed)
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
         return ImageSplit(images, rng.integers(0, 3, n).astype(np.int64), ("a", "b", "c"), "toy")
 
     return split

@@ -167,7 +167,10 @@ def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
     import testtime.train.pipeline as pipeline
     from testtime.cli import main
 
-    monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(toy_split(), toy_split(), toy_split()))
+    def split():  # 32 px: the command corrupts the test split with the CIFAR parameters
+        return toy_split(size=32)
+
+    monkeypatch.setattr(pipeline, "load_data", lambda cfg: pipeline.PipelineData(split(), split(), split()))
     sets = ["supervised.epochs=1", "supervised.batch_size=16", "supervised.warmup_epochs=0"]
     argv = ["train", "clust3", "--run-dir", str(tmp_path), "--quiet", "--eval-clean"]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
@@ -178,7 +181,7 @@ def test_cli_train_clust3(tmp_path, monkeypatch, capsys, toy_split):
     # --eval-clean: the peer's own clean accuracy (eval mode, test-batch BN) on the test split
     from testtime.bench.evaluation import clean_accuracy
 
-    want = (clean_accuracy(model, toy_split()), clean_accuracy(model, toy_split(), test_batch_bn=True))
+    want = (clean_accuracy(model, split()), clean_accuracy(model, split(), test_batch_bn=True))
     assert f"| clust3 | {want[0]:.2f} | {want[1]:.2f} |" in out
 
 
