@@ -54,7 +54,7 @@ SHRINK = [
 def test_paper_preset_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     from testtime.cli import main
 
-    write_cifar10_binary(tmp_path / "data")
+    write_cifar10_binary(tmp_path / "data", per_class_train=1)  # 50 training images: one batch per stage
     run = tmp_path / "run"
     args = ["cta", "--preset", "paper", "--run-dir", str(run), "--quiet", "--set", f"data.root={tmp_path / 'data'}"]
     for s in SHRINK:
