@@ -19,7 +19,9 @@ episodically (the preset's batch size, tau, BN mode, seed) with:
 The learning rate is ``--lr``, else the one chosen on the held-out corruptions in
 ``<run-dir>/results.json``, else the preset's ``ttt.lr``. For every row: mean accuracy over the
 corruptions, mean number of updates per batch, wall time. The question it answers: does a rule
-reach the accuracy of ``--max-steps`` fixed iterations with fewer updates / less time?
+reach the accuracy of ``--max-steps`` fixed iterations with fewer updates / less time? The last
+lines say whether a rule meets issue 13's target 6 (within 1 point of the fixed ``--max-steps``
+accuracy at no more than half its wall time).
 """
 
 from __future__ import annotations
@@ -138,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("stop") and r["accuracy"] >= ref["accuracy"] - 0.1 and r["updates"] < ref["updates"]:
             print(f"same accuracy (within 0.1 point) with fewer updates: {r['setting']} "
                   f"({r['updates']:.2f} updates, {r['wall_s']:.1f} s vs {ref['wall_s']:.1f} s)")
+    # issue 13 target 6: a label-free rule within 1 point of the fixed reference at <= half its wall time
+    hits = [r for r in rows if r.get("stop") and r["accuracy"] >= ref["accuracy"] - 1.0
+            and r["wall_s"] <= 0.5 * ref["wall_s"]]
+    for r in hits:
+        print(f"target 6 met by {r['setting']}: {r['accuracy'] - ref['accuracy']:+.2f} points at "
+              f"{r['wall_s'] / ref['wall_s']:.2f}x the wall time of fixed {args.max_steps}")
+    if not hits:
+        print(f"target 6 not met: no rule within 1 point of fixed {args.max_steps} at <= 0.5x its wall time")
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "lr": lr, "split": args.split, "corruptions": names}, indent=2))
     print(f"# end: {machine_line()}")
