@@ -3,7 +3,7 @@
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_stopping.py --run-dir runs/cifar10-cpu \\
-        [--split test|heldout] [--corruptions gaussian_noise,contrast] [--max-steps 20] \\
+        [--split test|heldout] [--corruptions gaussian_noise,contrast] [--max-steps 20] [--fixed 1,2,5,10] \\
         [--loss-eps 0.001,0.01,0.05] [--pred-eps 0,0.01] [--patience 1,2]
 
 Reads ``<run-dir>/config.json`` (the resolved preset the run was trained with) and the test-time
@@ -12,7 +12,8 @@ evaluation subset and corruptions; ``heldout``: the disjoint held-out subset and
 place to choose eps without touching the test set) exactly as ``testtime cta`` does, and runs CTA
 episodically (the preset's batch size, tau, BN mode, seed) with:
 
-- fixed iteration counts 1, 2, 5, 10, ``--max-steps`` (the paper's rule: always N iterations);
+- fixed iteration counts ``--fixed`` (default 1, 2, 5, 10) and ``--max-steps`` (the paper's rule:
+  always N iterations);
 - ``stop="loss"`` for every ``--loss-eps`` x ``--patience``, at most ``--max-steps`` iterations;
 - ``stop="predictions"`` for every ``--pred-eps`` x ``--patience``, at most ``--max-steps``.
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corruptions", help="comma-separated subset of the split's corruptions (default: all)")
     ap.add_argument("--max-steps", type=int, default=20)
     ap.add_argument("--lr", type=float, help="default: the held-out choice in results.json, else ttt.lr")
+    ap.add_argument("--fixed", default="1,2,5,10", help="fixed iteration counts besides --max-steps")
     ap.add_argument("--loss-eps", default="0.001,0.01,0.05")
     ap.add_argument("--pred-eps", default="0,0.01")
     ap.add_argument("--patience", default="1,2")
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps < 1:
         ap.error("--max-steps must be >= 1")
     loss_eps, pred_eps = floats(args.loss_eps, "--loss-eps"), floats(args.pred_eps, "--pred-eps")
+    fixed = [int(k) for k in floats(args.fixed, "--fixed")]
+    if any(k < 1 for k in fixed):
+        ap.error(f"--fixed must be iteration counts >= 1, got {args.fixed!r}")
     patience = [int(p) for p in floats(args.patience, "--patience")]
     cfg = config_from_dict(PipelineConfig, json.loads(conf.read_text())["config"])
     names = tuple(cfg.eval.corruptions if args.split == "test" else cfg.eval.heldout)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     lr = args.lr if args.lr is not None else chosen_lr(args.run_dir, cfg)
     base = {"lr": lr, "tau": t.tau, "bn": t.bn, "seed": t.seed}
     settings: list[tuple[str, dict]] = [
-        (f"fixed {k}", {"steps": k}) for k in sorted({1, 2, 5, 10, args.max_steps}) if k <= args.max_steps
+        (f"fixed {k}", {"steps": k}) for k in sorted({*fixed, args.max_steps}) if k <= args.max_steps
     ]
     for rule, eps_list in (("loss", loss_eps), ("predictions", pred_eps)):
         for eps in eps_list:
