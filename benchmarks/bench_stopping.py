@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps < 1:
         ap.error("--max-steps must be >= 1")
     loss_eps, pred_eps = floats(args.loss_eps, "--loss-eps"), floats(args.pred_eps, "--pred-eps")
-    fixed = [int(k) for k in floats(args.fixed, "--fixed")]
-    if any(k < 1 for k in fixed):
-        ap.error(f"--fixed must be iteration counts >= 1, got {args.fixed!r}")
+    fixed = floats(args.fixed, "--fixed")
+    if any(k < 1 or k != int(k) for k in fixed):
+        ap.error(f"--fixed must be whole iteration counts >= 1, got {args.fixed!r}")
     patience = [int(p) for p in floats(args.patience, "--patience")]
     cfg = config_from_dict(PipelineConfig, json.loads(conf.read_text())["config"])
     names = tuple(cfg.eval.corruptions if args.split == "test" else cfg.eval.heldout)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     lr = args.lr if args.lr is not None else chosen_lr(args.run_dir, cfg)
     base = {"lr": lr, "tau": t.tau, "bn": t.bn, "seed": t.seed}
     settings: list[tuple[str, dict]] = [
-        (f"fixed {k}", {"steps": k}) for k in sorted({*fixed, args.max_steps}) if k <= args.max_steps
+        (f"fixed {k}", {"steps": k}) for k in sorted({*map(int, fixed), args.max_steps}) if k <= args.max_steps
     ]
     for rule, eps_list in (("loss", loss_eps), ("predictions", pred_eps)):
         for eps in eps_list:
