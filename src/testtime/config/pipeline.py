@@ -113,11 +113,12 @@ PEER_INITS = ("scratch", "supervised")
 
 @dataclass(frozen=True)
 class PeerTrainConfig:
-    """Source training of the CTA paper's peers (:mod:`testtime.train.peer_stages`).
+    """Source training of the stages with their own heads: the CTA paper's peers
+    (:mod:`testtime.train.peer_stages`) and ``ttt`` / ``ttt++`` (:mod:`testtime.train.ttt_stages`).
 
-    ``init``: ``"scratch"`` trains ClusT3's and NC-TTT's encoder + classifier with their heads from
-    scratch (the papers); ``"supervised"`` starts them from the ``supervised`` checkpoint (a CPU-budget
-    deviation; ReC-TTT always starts from it). ``train``: None = the pipeline's ``supervised``
+    ``init``: ``"scratch"`` trains ClusT3's, NC-TTT's, TTT's and TTT++'s encoder + classifier with their
+    heads from scratch (the papers); ``"supervised"`` starts them from the ``supervised`` checkpoint (a
+    CPU-budget deviation; ReC-TTT always starts from it). ``train``: None = the pipeline's ``supervised``
     TrainConfig; given, a whole TrainConfig (unset fields take TrainConfig's defaults).
     """
 
@@ -208,7 +209,7 @@ class PipelineConfig:
     # source-time heads of the CTA paper's peers, by method: fields of its HeadConfig that differ from
     # the paper's, e.g. {"nc-ttt": {"embed_dim": 64}} (``--set peer_heads.nc-ttt.embed_dim=64``)
     peer_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    peer_train: PeerTrainConfig = field(default_factory=PeerTrainConfig)  # how the peers' source models train
+    peer_train: PeerTrainConfig = field(default_factory=PeerTrainConfig)  # peers' + ttt/ttt++ source training
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name) or set(self.name) == {"."}:

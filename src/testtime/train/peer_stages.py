@@ -38,7 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from testtime.train.checkpoint import checkpoint_exists, load_modules, read_meta
+from testtime.train.checkpoint import load_modules, read_meta
+from testtime.train.peer_init import (
+    check_init,
+    load_supervised_weights,
+    peer_train_record,
+    peer_train_settings,
+    supervised_source,
+)
 from testtime.train.trainer import fit
 from testtime.transforms.views import CropFlipConfig
 
@@ -101,34 +108,6 @@ def peer_head_config(cfg: Any, stage: str) -> Any:
     return config_from_dict(cls.HeadConfig, dict(heads.get(stage) or {}), f"peer_heads.{stage}")
 
 
-def load_supervised_weights(model: nn.Module, sup: nn.Module, stage: str) -> None:
-    """Copy the supervised network's weights (``encoder.*``, ``fc.*``) into ``model``'s encoder + classifier.
-
-    Every supervised key must land on a tensor of the same shape and every encoder/classifier tensor must
-    be covered; otherwise a one-line ValueError names the keys.
-    """
-    target = nn.ModuleDict({"encoder": model.encoder, "fc": model.fc})
-    src, dst = sup.state_dict(), target.state_dict()
-    missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
-    shape = sorted(k for k in set(src) & set(dst) if src[k].shape != dst[k].shape)
-    if missing or extra or shape:
-        parts = [f"{what} {keys[:5]}" for what, keys in
-                 (("missing", missing), ("unexpected", extra), ("shape mismatch", shape)) if keys]
-        raise ValueError(f"peer_train.init=supervised: the supervised model does not fit {stage}'s encoder + "
-                         f"classifier ({'; '.join(parts)})")
-    target.load_state_dict(src, strict=True)
-
-
-def _check_init(run_dir: Path, stage: str, init: str, default: str) -> None:
-    """Refuse to reuse ``<run_dir>/<stage>`` (final or resume) trained from another init (absent: ``default``)."""
-    for path in (run_dir / stage, run_dir / f"{stage}.resume"):
-        if checkpoint_exists(path):
-            old = read_meta(path).get("meta", {}).get("peer_train", {}).get("init", default)
-            if old != init:
-                raise ValueError(f"{path}.safetensors was trained with peer_train.init={old!r}, now {init!r}; "
-                                 "use another --run-dir or delete it to retrain")
-
-
 def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_config: Any = None, *,
                      log: Any = print) -> nn.Module:
     """Train (or load, when its checkpoint exists) the source model of ``stage`` (one of ``PEER_STAGES``).
@@ -136,27 +115,21 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
     ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device, ``peer_train``
     and the ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
     """
-    from testtime.config import PeerTrainConfig
-    from testtime.train.pipeline import _train_cfg
-
     cls = _method(stage)
     if head_config is None:
         head_config = peer_head_config(cfg, stage)
-    peer = getattr(cfg, "peer_train", None) or PeerTrainConfig()
+    peer, tcfg = peer_train_settings(cfg)
     from_sup = bool(getattr(cls, "init_from_supervised", False))  # ReC-TTT: always from the supervised model
     init = "supervised" if from_sup else peer.init
-    tcfg = _train_cfg(cfg, peer.train if peer.train is not None else cfg.supervised)
     if getattr(cfg, "threads", None):
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_init(run_dir, stage, init, "supervised" if from_sup else "scratch")
+    check_init(run_dir, (stage,), init, "supervised" if from_sup else "scratch")
     train = getattr(data, "train", data)
     sup = None
     if init == "supervised":
-        from testtime.train.pipeline import run_stages
-
-        sup = run_stages(cfg, run_dir, data, stages=("supervised",), log=log).supervised
+        sup = supervised_source(cfg, run_dir, data, log=log)
     torch.manual_seed(cfg.seed)
     if from_sup:  # encoders and teacher start as copies of the trained model
         model = cls.source_model(copy.deepcopy(sup), head_config)
@@ -174,7 +147,7 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         "in_chans": int(train.channels),
         "image_size": list(train.image_size),
         "stage_config": dataclasses.asdict(head_config),
-        "peer_train": {"init": init, "train": dataclasses.asdict(tcfg)},
+        "peer_train": peer_train_record(init, tcfg),
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }

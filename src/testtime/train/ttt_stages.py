@@ -1,6 +1,6 @@
 """Source-time training of the test-time-training baselines ``ttt`` and ``ttt++`` with the one trainer.
 
-Both are joint trainings from scratch of a classifier and an auxiliary head on a shared encoder,
+Both are joint trainings of a classifier and an auxiliary head on a shared encoder,
 run by :func:`testtime.train.fit` (same schedule, optimiser, seeded batches, checkpoints and resume
 as every CTA stage); only the objective and the head differ:
 
@@ -12,9 +12,14 @@ as every CTA stage); only the objective and the head differ:
   i.e. :class:`testtime.train.JointObjective` reused as is, followed by the offline summary of the
   source features (:func:`testtime.methods.ttt_pp.compute_source_statistics`), stored in the model.
 
-The classifier is trained with the pipeline's ``supervised`` :class:`TrainConfig`, on the same
-seeded training subset, so ``ttt`` / ``ttt++`` get the same data, epochs and schedule as the
-supervised model of the same preset.
+The pipeline's ``peer_train`` section applies as to the CTA paper's peers
+(:mod:`testtime.train.peer_stages`): ``init="scratch"`` (default) trains encoder, classifier and
+head jointly from scratch (the papers); ``init="supervised"`` first loads the encoder + classifier
+from the preset's ``supervised`` checkpoint (trained first when missing; all its weights must fit)
+and only the head starts fresh (seeded). Training uses ``peer_train.train`` when set, else the
+pipeline's ``supervised`` :class:`TrainConfig`, on the same seeded training subset as the supervised
+model. The effective init and train config go to the sidecars' ``peer_train``; a checkpoint (final
+or resume) trained from another init is refused, not reused (absent: ``"scratch"``).
 
 Files (``<run_dir>``): ``ttt.safetensors/.json`` (the rotation model); ``ttt++-joint.*`` (the fit)
 and ``ttt++.safetensors/.json`` (the model with its source statistics). :func:`load_aux_model`
@@ -43,6 +48,13 @@ from testtime.models.heads import AuxHeadModel, with_aux_head
 from testtime.train.checkpoint import checkpoint_exists, load_modules, read_meta, save_modules
 from testtime.train.distributed import barrier, is_main
 from testtime.train.objectives import JointObjective, Objective
+from testtime.train.peer_init import (
+    check_init,
+    load_supervised_weights,
+    peer_train_record,
+    peer_train_settings,
+    supervised_source,
+)
 from testtime.train.trainer import fit
 from testtime.transforms.rotation import rotate_expand, rotate_random
 from testtime.transforms.views import CropFlipConfig, SimCLRViewsConfig, crop_flip
@@ -103,7 +115,7 @@ class RotationJointObjective(Objective):
                       "rot_acc": float((rot_logits.argmax(1) == yr).float().mean())}
 
 
-def _model_meta(cfg: Any, data: Any, stage: str, aux_cfg: AuxStageConfig) -> dict[str, Any]:
+def _model_meta(cfg: Any, data: Any, stage: str, aux_cfg: AuxStageConfig, init: str, tcfg: Any) -> dict[str, Any]:
     return {
         "kind": "aux-head-model",
         "task": "rotation" if stage == "ttt" else "simclr",
@@ -114,6 +126,7 @@ def _model_meta(cfg: Any, data: Any, stage: str, aux_cfg: AuxStageConfig) -> dic
         "image_size": list(data.image_size),
         "proj_dim": aux_cfg.proj_dim,
         "aux_stage_config": dataclasses.asdict(aux_cfg),
+        "peer_train": peer_train_record(init, tcfg),
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }
@@ -141,15 +154,28 @@ def load_aux_model(path: str | Path, device: str | torch.device = "cpu") -> AuxH
     return model.to(device).eval()
 
 
+def initial_aux_model(cfg: Any, train: Any, stage: str, aux_cfg: AuxStageConfig = AuxStageConfig(),
+                      sup: nn.Module | None = None) -> AuxHeadModel:
+    """``stage``'s model before training: built after ``torch.manual_seed(cfg.seed)``, then, given the
+    supervised model ``sup`` (``peer_train.init=supervised``), its encoder + classifier loaded from it
+    (all weights must fit, else a one-line ValueError); the aux head stays as built.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_aux_model(cfg.model.arch, train.num_classes, "rotation" if stage == "ttt" else "simclr",
+                            in_chans=train.channels, norm=cfg.model.norm, proj_dim=aux_cfg.proj_dim)
+    if sup is not None:
+        load_supervised_weights(model, sup, stage)
+    return model
+
+
 def train_aux_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str,
                     aux_cfg: AuxStageConfig = AuxStageConfig(), *, log: Any = print) -> AuxHeadModel:
     """Train (or load, when its checkpoint exists) the source model of ``stage`` ("ttt" | "ttt++").
 
-    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device and the
-    ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
+    ``cfg`` is a :class:`testtime.train.pipeline.PipelineConfig` (data, model, seed, device, ``peer_train``
+    and the ``supervised`` TrainConfig are used); ``data`` its loaded data (``.train`` is the source split).
     """
     from testtime.methods.ttt_pp import compute_source_statistics
-    from testtime.train.pipeline import _train_cfg
 
     if stage not in AUX_STAGES:
         raise ValueError(f"stage must be one of {', '.join(AUX_STAGES)}, got {stage!r}")
@@ -158,16 +184,16 @@ def train_aux_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = getattr(data, "train", data)
-    tcfg = _train_cfg(cfg, cfg.supervised)
-    meta = _model_meta(cfg, train, stage, aux_cfg)
+    peer, tcfg = peer_train_settings(cfg)
+    meta = _model_meta(cfg, train, stage, aux_cfg, peer.init, tcfg)
+    check_init(run_dir, (stage,) if stage == "ttt" else ("ttt++", "ttt++-joint"), peer.init, "scratch")
     final = run_dir / stage
     if checkpoint_exists(final):
         if log:
             log(f"[{stage}] model checkpoint exists, loading {final}.safetensors (delete it to retrain)")
         return load_aux_model(final, cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_aux_model(cfg.model.arch, train.num_classes, meta["task"], in_chans=train.channels,
-                            norm=cfg.model.norm, proj_dim=aux_cfg.proj_dim)
+    sup = supervised_source(cfg, run_dir, data, log=log) if peer.init == "supervised" else None
+    model = initial_aux_model(cfg, train, stage, aux_cfg, sup)
     if stage == "ttt":
         obj: Objective = RotationJointObjective(model.encoder, model.fc, model.aux, rotation=aux_cfg.rotation,
                                                 rotation_weight=aux_cfg.rotation_weight)
