@@ -1,5 +1,5 @@
 """``peer_train``: the peers' source models fine-tuned from the supervised model (init, train override,
-checkpoint records, bad values) and the bench source identity of peer and non-peer kinds."""
+checkpoint records, bad values) and the bench source identity of peer / ttt and other kinds."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def _run(cfg: PipelineConfig) -> BenchRun:
     return run
 
 
-def test_source_identity_gets_peer_train_only_for_peers_and_only_when_not_default():
+def test_source_identity_gets_peer_train_only_for_peers_and_ttt_and_only_when_not_default():
     base = {"name": "x", "supervised": SUP, "peer_heads": {"clust3": {"projectors": 1}}}
     default = _run(config_from_dict(PipelineConfig, base))
     tuned = _run(config_from_dict(PipelineConfig, {**base, "peer_train": {"init": "supervised", "train": TUNE}}))
@@ -152,10 +152,10 @@ def test_source_identity_gets_peer_train_only_for_peers_and_only_when_not_defaul
     }
     for kind, want in expected.items():
         assert canonical_json(default.source_identity(kind)) == canonical_json(want), kind
-    for kind in ("supervised", "aligned", "ttt"):
+    for kind in ("supervised", "aligned"):
         assert tuned.source_identity(kind) == default.source_identity(kind), kind
     record = config_to_dict(config_from_dict(PeerTrainConfig, {"init": "supervised", "train": TUNE}))
-    for kind in ("clust3", "nc-ttt", "rec-ttt"):
+    for kind in ("clust3", "nc-ttt", "rec-ttt", "ttt", "ttt++"):  # ttt / ttt++ train by peer_train too
         assert tuned.source_identity(kind) == {**default.source_identity(kind), "peer_train": record}, kind
 
 
@@ -169,6 +169,7 @@ def test_cpu_preset_fine_tunes_the_peers_and_keeps_the_other_identities():
     assert (t.final_lr, t.channels_last, t.crop_padding, t.checkpoint_every, t.batch_size) == (1e-4, True, 2, 50, 256)
     values = {k: v for k, v in config_to_dict(cfg).items() if k != "peer_train"}
     without = _run(config_from_dict(PipelineConfig, values))
-    for kind in ("supervised", "aligned", "probe", "joint", "ttt"):
+    for kind in ("supervised", "aligned", "probe", "joint"):
         assert _run(cfg).source_identity(kind) == without.source_identity(kind), kind
-    assert "peer_train" in _run(cfg).source_identity("nc-ttt") and "peer_train" not in without.source_identity("nc-ttt")
+    for kind in ("nc-ttt", "ttt"):
+        assert "peer_train" in _run(cfg).source_identity(kind) and "peer_train" not in without.source_identity(kind)

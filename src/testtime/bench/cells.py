@@ -35,6 +35,7 @@ from testtime.bench.spec import BenchConfig, MethodSpec, method_config, method_n
 from testtime.config import PeerTrainConfig, check_runnable, config_to_dict
 from testtime.methods import METHODS, create_method
 from testtime.train.peer_stages import PEER_STAGES
+from testtime.train.ttt_stages import AUX_STAGES
 
 STAGE_OF_METHOD = {"cta": "aligned", "cta-c": "probe", "y-model": "joint", "ttt": "ttt", "ttt++": "ttt++",
                    "clust3": "clust3", "nc-ttt": "nc-ttt", "rec-ttt": "rec-ttt"}
@@ -84,8 +85,8 @@ class BenchRun:
             out[stage] = c[stage]
         if kind in c["peer_heads"]:
             out["peer_heads"] = c["peer_heads"][kind]
-        if kind in PEER_STAGES and c["peer_train"] != config_to_dict(PeerTrainConfig()):  # default: left out,
-            out["peer_train"] = c["peer_train"]  # so the cells stored before the section existed keep their keys
+        if kind in (*PEER_STAGES, *AUX_STAGES) and c["peer_train"] != config_to_dict(PeerTrainConfig()):
+            out["peer_train"] = c["peer_train"]  # default: left out, so cells stored before the section keep their keys
         return out
 
     def cell(self, label: str, protocol: str, corruption: str, severity: int, seed: int,
@@ -113,7 +114,7 @@ class BenchRun:
     def _load_model(self, kind: str) -> nn.Module:
         from testtime.train.pipeline import run_stages
 
-        if kind in ("ttt", "ttt++"):
+        if kind in AUX_STAGES:
             from testtime.train.ttt_stages import train_aux_stage
 
             return train_aux_stage(self.cfg, self.run_dir, self.data, kind, log=self.log)
