@@ -47,7 +47,6 @@ from testtime.train.peer_init import (
     supervised_source,
 )
 from testtime.train.trainer import fit
-from testtime.transforms.views import CropFlipConfig
 
 PEER_STAGES = ("clust3", "nc-ttt", "rec-ttt")
 KIND = "layer-head-model"
@@ -151,6 +150,6 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         "pipeline": cfg.name,
         "seed": cfg.seed,
     }
-    augment = CropFlipConfig(padding=tcfg.crop_padding)  # the train config's crop, as the supervised stage's
+    augment = tcfg.augment()  # the train config's crop, as the supervised stage's
     fit(cls.source_objective(model, augment), train, tcfg, run_dir, stage, meta=meta, log=log)
     return model.eval()

@@ -83,7 +83,6 @@ from testtime.train.objectives import (
     SupervisedObjective,
 )
 from testtime.train.trainer import FitResult, TrainConfig, fit
-from testtime.transforms import CropFlipConfig
 
 Logger = Callable[[str], None]
 
@@ -244,7 +243,7 @@ def run_stages(
     m = Models()
     sup = new_classifier(cfg, train)
     m.fits["supervised"] = fit(
-        SupervisedObjective(sup.encoder, sup.fc, CropFlipConfig(padding=cfg.supervised.crop_padding),
+        SupervisedObjective(sup.encoder, sup.fc, cfg.supervised.augment(),
                             label_smoothing=cfg.supervised.label_smoothing),
         train,
         _train_cfg(cfg, cfg.supervised),

@@ -51,6 +51,7 @@ from testtime.train.checkpoint import (
 )
 from testtime.train.objectives import Objective
 from testtime.transforms.slicing import batch_slice
+from testtime.transforms.views import CropFlipConfig
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # objectives with a cross-entropy term (supervised, probe, joint)
     channels_last: bool = False  # NHWC convolutions (about 1.3x faster on this CPU for the airbench net)
     crop_padding: int = 4  # supervised crop + flip augmentation: zero padding of the random crop
+    cutout: int = 0  # supervised augmentation: side of one zeroed square per image (0 = off; CropFlipConfig)
     seed: int = 0
     checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
     log_every: int = 20  # steps
@@ -89,8 +91,14 @@ class TrainConfig:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (side of the zeroed square in pixels; 0 = off), got {self.cutout}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+
+    def augment(self) -> CropFlipConfig:
+        """The supervised augmentation this config asks for (crop padding, flip, Cutout)."""
+        return CropFlipConfig(padding=self.crop_padding, cutout=self.cutout)
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:

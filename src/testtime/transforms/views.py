@@ -160,20 +160,27 @@ def simclr_views(
 
 @dataclass(frozen=True)
 class CropFlipConfig:
-    """The supervised CIFAR augmentation: random crop with zero padding, horizontal flip."""
+    """The supervised CIFAR augmentation: random crop with zero padding, horizontal flip, and
+    optionally Cutout (DeVries & Taylor 2017, arXiv:1708.04552): one ``cutout`` x ``cutout`` square
+    per image set to 0, its centre uniform over the image and the square clipped at the border (the
+    paper's convention; airbench96 keeps the square inside the image). 0 = no Cutout, and then no
+    random number is drawn for it, so the crop and flip draws are those of the plain augmentation."""
 
     padding: int = 4
     flip_p: float = 0.5
+    cutout: int = 0
 
     def __post_init__(self) -> None:
         if self.padding < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         if not 0 <= self.flip_p <= 1:
             raise ValueError(f"flip_p must lie in [0, 1], got {self.flip_p}")
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (side of the zeroed square in pixels; 0 = off), got {self.cutout}")
 
 
 def crop_flip(x: torch.Tensor, g: torch.Generator, cfg: CropFlipConfig = CropFlipConfig()) -> torch.Tensor:
-    """RandomCrop(H, padding) + RandomHorizontalFlip per image: (B, C, H, W) -> (B, C, H, W)."""
+    """RandomCrop(H, padding) + RandomHorizontalFlip (+ Cutout) per image: (B, C, H, W) -> (B, C, H, W)."""
     _check_images(x)
     n, mine = draw_rows(x.shape[0])  # all rows, except inside batch_slice (data parallelism)
     offsets = torch.randint(0, 2 * cfg.padding + 1, (n, 2), generator=g)[mine]
@@ -181,7 +188,20 @@ def crop_flip(x: torch.Tensor, g: torch.Generator, cfg: CropFlipConfig = CropFli
     out = TF.pad_crop(x, offsets, cfg.padding)
     sel = flip.nonzero().squeeze(1).to(x.device)
     out[sel] = out[sel].flip(-1)
+    if cfg.cutout:
+        h, w = x.shape[-2:]
+        centres = torch.stack([torch.randint(0, h, (n,), generator=g), torch.randint(0, w, (n,), generator=g)], 1)[mine]
+        out = out * _cutout_keep(centres, cfg.cutout, h, w).to(out.device, out.dtype)
     return out
+
+
+def _cutout_keep(centres: torch.Tensor, size: int, h: int, w: int) -> torch.Tensor:
+    """(B, 1, H, W) mask, 0 inside each image's ``size`` x ``size`` square at ``centres`` (B, 2) = (y, x)."""
+    lo = centres - size // 2  # (B, 2); the square spans [lo, lo + size), clipped at the border
+    ys, xs = torch.arange(h), torch.arange(w)
+    in_y = (ys >= lo[:, :1]) & (ys < lo[:, :1] + size)  # (B, H)
+    in_x = (xs >= lo[:, 1:]) & (xs < lo[:, 1:] + size)  # (B, W)
+    return (~(in_y[:, :, None] & in_x[:, None, :]))[:, None]
 
 
 def _check_images(x: torch.Tensor) -> None:
