@@ -20,7 +20,8 @@ methods: the classifier has a bias; BN layers have trainable affine weights (air
 BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU
 schedule); the stem is trainable after its whitening initialisation (airbench freezes its weights
 and trains the bias for 3 epochs); no lookahead EMA and no test-time flip/translate averaging. The
-training recipe (Nesterov SGD, label smoothing, crop + flip) is the ``cifar10-cpu`` preset's.
+training recipe (Nesterov SGD, crop + flip; label smoothing and Cutout are options of
+:class:`testtime.train.trainer.TrainConfig`, off in the preset) is the ``cifar10-cpu`` preset's.
 
 Like every backbone here: images in [0, 1] (B, C, H, W), normalisation inside the model,
 ``encoder(x)`` -> (B, 256) features, ``fc`` the linear head h.
