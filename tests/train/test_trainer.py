@@ -235,3 +235,31 @@ def test_final_checkpoint_of_another_config_is_refused(tmp_path):
     other = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.5, checkpoint_every=3, log_every=100)
     with pytest.raises(ValueError, match="another train config"):
         fit(_sup_objective(), data, other, tmp_path, "s", log=None)
+
+
+def _sidecar_meta(path):
+    side = json.loads(path.read_text())
+    return side, side.get("meta", side)
+
+
+@pytest.mark.parametrize("stored", ["absent", "zero"])
+def test_checkpoint_from_before_a_later_field_is_reused(tmp_path, stored):
+    """A checkpoint written before TrainConfig.cutout existed (no key) or by the code that first wrote it
+    (``cutout: 0``) is the same training as ``cutout=0`` now; another value is refused (LATER_FIELDS)."""
+    data = _split()
+    fit(_sup_objective(), data, CFG, tmp_path, "s", log=None)
+    path = tmp_path / "s.json"
+    side, meta = _sidecar_meta(path)
+    assert "cutout" not in meta["train_config"]  # written without the later field at its old value
+    if stored == "zero":
+        meta["train_config"]["cutout"] = 0
+        path.write_text(json.dumps(side))
+    assert fit(_sup_objective(seed=1), data, CFG, tmp_path, "s", log=None).steps == 0
+    with pytest.raises(ValueError, match="trained with another train config"):
+        fit(_sup_objective(seed=1), data, TrainConfig(**{**CFG.__dict__, "cutout": 4}), tmp_path, "s", log=None)
+
+
+def test_cutout_is_recorded_when_on(tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "cutout": 4, "epochs": 0.5})
+    fit(_sup_objective(), _split(), cfg, tmp_path, "s", log=None)
+    assert _sidecar_meta(tmp_path / "s.json")[1]["train_config"]["cutout"] == 4

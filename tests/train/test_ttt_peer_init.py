@@ -3,7 +3,6 @@ loaded, aux head seeded), the train override, the checkpoint record and the refu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import testtime.train.ttt_stages as ttt_stages
+from testtime.config import identity_dict
 from testtime.data.split import ImageSplit
 from testtime.models import create_model
 from testtime.train.checkpoint import save_modules
@@ -98,7 +98,7 @@ def test_stage_with_init_supervised_trains_the_supervised_model_first_and_record
     names = ("ttt",) if stage == "ttt" else ("ttt++-joint", "ttt++")
     for name in names:
         meta = _meta(tmp_path / f"{name}.json")
-        tcfg = json.loads(json.dumps(dataclasses.asdict(_train_cfg(cfg, cfg.peer_train.train))))
+        tcfg = json.loads(json.dumps(identity_dict(_train_cfg(cfg, cfg.peer_train.train))))
         assert meta["peer_train"] == {"init": "supervised", "train": tcfg}, name
     meta = _meta(tmp_path / f"{names[0]}.json")  # the fit: 48 // 8 = 6 sgd steps (supervised: 3, adam)
     assert (meta["step"], meta["train_config"]["optimizer"], meta["train_config"]["batch_size"]) == (6, "sgd", 8)

@@ -32,7 +32,7 @@ from testtime.bench.evaluation import corruption_seed
 from testtime.bench.protocols import Domain, get_protocol
 from testtime.bench.runner import run_batches
 from testtime.bench.spec import BenchConfig, MethodSpec, method_config, method_name, source_config
-from testtime.config import PeerTrainConfig, check_runnable, config_to_dict
+from testtime.config import PeerTrainConfig, check_runnable, config_to_dict, identity_dict
 from testtime.methods import METHODS, create_method
 from testtime.train.peer_stages import PEER_STAGES
 from testtime.train.ttt_stages import AUX_STAGES
@@ -78,14 +78,14 @@ class BenchRun:
 
     def source_identity(self, kind: str) -> dict[str, Any]:
         """The settings the source model of ``kind`` depends on (paths, device and test-time fields left out)."""
-        c = config_to_dict(self.cfg)
+        c = identity_dict(self.cfg)  # without later fields at their old value: stored cells keep their keys
         data = {k: v for k, v in c["data"].items() if k not in ("root", "root_env", "eval_seed")}
         out = {"kind": kind, "seed": c["seed"], "data": data, "model": c["model"]}
         for stage in STAGES_OF_KIND.get(kind, ("supervised",)):
             out[stage] = c[stage]
         if kind in c["peer_heads"]:
             out["peer_heads"] = c["peer_heads"][kind]
-        if kind in (*PEER_STAGES, *AUX_STAGES) and c["peer_train"] != config_to_dict(PeerTrainConfig()):
+        if kind in (*PEER_STAGES, *AUX_STAGES) and c["peer_train"] != identity_dict(PeerTrainConfig()):
             out["peer_train"] = c["peer_train"]  # default: left out, so cells stored before the section keep their keys
         return out
 

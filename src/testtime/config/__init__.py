@@ -5,7 +5,16 @@
 config is :class:`testtime.bench.spec.BenchConfig`.
 """
 
-from testtime.config.core import apply_overrides, closest, config_from_dict, config_to_dict, read_yaml
+from testtime.config.core import (
+    LATER_FIELDS,
+    apply_overrides,
+    closest,
+    config_from_dict,
+    config_to_dict,
+    identity_dict,
+    read_yaml,
+    strip_later_fields,
+)
 from testtime.config.pipeline import (
     EVAL_ROWS,
     HELDOUT_4,
@@ -32,5 +41,5 @@ __all__ = [
     "HELDOUT_4", "STAGES", "AlignStageConfig", "DataConfig", "EvalConfig", "JointStageConfig", "ModelConfig",
     "PEER_INITS", "PeerTrainConfig", "PipelineConfig", "ProbeStageConfig", "SSLStageConfig", "TTTConfig",
     "apply_overrides", "closest",
-    "config_from_dict", "config_to_dict", "read_yaml",
+    "config_from_dict", "config_to_dict", "identity_dict", "read_yaml", "strip_later_fields", "LATER_FIELDS",
 ]  # fmt: skip

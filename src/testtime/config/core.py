@@ -136,6 +136,28 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Fields added to a config after checkpoints and stored bench cells were keyed on it, each with the
+# value that means "as before". A config's identity (what checkpoint reuse compares and what cell keys
+# hash) leaves such a field out while it holds that value, so the checkpoints and cells written before
+# the field existed still match. Matched by field name at any depth.
+LATER_FIELDS: dict[str, Any] = {"cutout": 0}  # TrainConfig.cutout (2026-12-01)
+
+
+def strip_later_fields(value: Any) -> Any:
+    """``value`` (a config as nested dicts and lists) without the :data:`LATER_FIELDS` at their old value."""
+    if isinstance(value, dict):
+        return {k: strip_later_fields(v) for k, v in value.items()
+                if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    if isinstance(value, list | tuple):
+        return type(value)(strip_later_fields(v) for v in value)
+    return value
+
+
+def identity_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`config_to_dict` as a config's identity: without the :data:`LATER_FIELDS` at their old value."""
+    return strip_later_fields(config_to_dict(cfg))
+
+
 def read_yaml(text: str, where: str) -> dict[str, Any]:
     """Parse YAML text into a mapping (empty text -> {}); ``where`` names the source in errors."""
     import yaml

@@ -9,13 +9,13 @@ is what a checkpoint's ``peer_train`` meta holds.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from testtime.config.core import identity_dict
 from testtime.train.checkpoint import checkpoint_exists, read_meta
 
 
@@ -30,7 +30,7 @@ def peer_train_settings(cfg: Any) -> tuple[Any, Any]:
 
 def peer_train_record(init: str, tcfg: Any) -> dict[str, Any]:
     """The ``peer_train`` entry of a checkpoint's meta: the effective init and TrainConfig."""
-    return {"init": init, "train": dataclasses.asdict(tcfg)}
+    return {"init": init, "train": identity_dict(tcfg)}
 
 
 def supervised_source(cfg: Any, run_dir: str | Path, data: Any, *, log: Any = print) -> nn.Module:

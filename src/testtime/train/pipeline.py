@@ -68,6 +68,7 @@ from testtime.config import (  # noqa: F401  (re-exported)
     check_runnable,
     config_from_dict,
     config_to_dict,
+    identity_dict,
 )
 from testtime.data import ImageSplit
 from testtime.data.experiment import PipelineData, load_data, per_class_rows  # noqa: F401  (re-exported)
@@ -171,7 +172,7 @@ def apply_threads(cfg: PipelineConfig, log: Logger | None = print) -> int:
 
 
 def _stage_cfg(cfg: PipelineConfig, stage: str) -> Any:
-    return config_to_dict(getattr(cfg, stage)) if dataclasses.is_dataclass(getattr(cfg, stage)) else None
+    return identity_dict(getattr(cfg, stage)) if dataclasses.is_dataclass(getattr(cfg, stage)) else None
 
 
 def _train_cfg(cfg: PipelineConfig, t: TrainConfig) -> TrainConfig:

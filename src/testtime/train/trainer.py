@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -173,6 +172,8 @@ def fit(
     Returns:
         :class:`FitResult` (history of logged steps).
     """
+    from testtime.config.core import identity_dict, strip_later_fields  # here: testtime.config imports this module
+
     if len(data) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(data)} images)")
     world = D.world_size()
@@ -190,7 +191,7 @@ def fit(
         {
             "stage": name,
             "objective": objective.name,
-            "train_config": dataclasses.asdict(config),
+            "train_config": identity_dict(config),
             "train_set": {"name": data.name, "size": len(data)},
         }
     )
@@ -201,7 +202,7 @@ def fit(
     if final is not None and resume and checkpoint_exists(final):
         tensors, fmeta = load_checkpoint(final)
         for key in ("train_config", "stage_config"):
-            if key in fmeta and fmeta.get(key) != _jsonable(meta.get(key)):
+            if key in fmeta and strip_later_fields(fmeta.get(key)) != strip_later_fields(_jsonable(meta.get(key))):
                 raise ValueError(
                     f"{final}.safetensors was trained with another {key.replace('_', ' ')}; "
                     "use another --run-dir or delete it to retrain"
@@ -224,7 +225,7 @@ def fit(
     history: list[dict[str, float]] = []
     if resume_path is not None and resume and checkpoint_exists(resume_path):
         tensors, rmeta = load_checkpoint(resume_path)
-        if rmeta.get("train_config") != _jsonable(meta["train_config"]):
+        if strip_later_fields(rmeta.get("train_config")) != strip_later_fields(_jsonable(meta["train_config"])):
             raise ValueError(
                 f"{resume_path}.json was written with another training config; delete it to restart "
                 "or run with the same settings"
