@@ -107,18 +107,18 @@ def write_run_config(run_dir: Path, cfg: Any, argv: list[str]) -> Path:
     with another config writes ``config-<UTC time>.json`` beside it (its checkpoints are checked against
     the settings that produced them before any reuse, see :func:`testtime.train.pipeline.check_reuse`).
     """
-    from testtime.config import config_to_dict
+    from testtime.config import config_to_dict, identity_dict, strip_later_fields
     from testtime.train.checkpoint import _atomic_write, environment
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
-    mine = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    mine = json.loads(json.dumps(identity_dict(cfg), default=str))  # later fields at their old value: as before
     if path.is_file():
         try:
             prev = json.loads(path.read_text()).get("config")
         except (OSError, ValueError, AttributeError):
             prev = None
-        if prev == mine:
+        if strip_later_fields(prev) == mine:
             return path
         path = run_dir / f"config-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
         print(f"note: {run_dir / 'config.json'} records another config; this run's goes to {path.name}",

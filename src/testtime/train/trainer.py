@@ -90,8 +90,7 @@ class TrainConfig:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-        if self.cutout < 0:
-            raise ValueError(f"cutout must be >= 0 (side of the zeroed square in pixels; 0 = off), got {self.cutout}")
+        self.augment()  # cutout's check lives in CropFlipConfig
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
