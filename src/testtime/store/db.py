@@ -13,7 +13,13 @@ Tables (schema version :data:`SCHEMA_VERSION`; documented in ``docs/benchmark.md
   (``accuracy`` in %, ``n_images``) and the cost (``wall_s``, ``images_per_s``, ``peak_mem_mb``,
   ``forward_per_image``, ``backward_per_image``; NULL when not measured);
 - ``curves``: the same identity columns and ``accuracies``, a JSON list of accuracy (%) after
-  0, 1, ... test-time iterations (the CTA paper's Fig. 3).
+  0, 1, ... test-time iterations (the CTA paper's Fig. 3);
+- ``models``: the clean accuracy of each source model a grid used: ``kind``, ``backbone``,
+  ``dataset``, ``split`` and ``n_images`` (the whole test split), ``seed`` (of its shuffle),
+  ``accuracy_eval`` and ``accuracy_test_bn`` (%, eval mode / test-batch BN statistics), ``wall_s``
+  and ``identity`` (JSON: the settings the model depends on); key: :func:`model_key`. Stores
+  written before this table have none: it is added, without a version change, by the first
+  :meth:`ResultStore.put_model`, and reads of a store without it find no rows.
 
 Every write is one transaction, so a killed process never leaves a half-written row. A store
 written by another schema version is refused with :class:`StoreVersionError` and never modified.
@@ -74,6 +80,24 @@ CREATE TABLE IF NOT EXISTS curves ({_IDENTITY_SQL},
     accuracies TEXT NOT NULL
 );
 """
+# added after schema version 1 without a version change: created by new stores and by the first put_model
+_MODELS_SQL = """
+CREATE TABLE IF NOT EXISTS models (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    split TEXT NOT NULL,
+    n_images INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    accuracy_eval REAL NOT NULL,
+    accuracy_test_bn REAL NOT NULL,
+    wall_s REAL,
+    identity TEXT NOT NULL,
+    created_utc TEXT NOT NULL
+);
+"""
+MODEL_FIELDS = ("kind", "backbone", "dataset", "split", "n_images", "seed", "accuracy_eval", "accuracy_test_bn")
 
 
 class StoreVersionError(ValueError):
@@ -102,6 +126,34 @@ def cell_config(row: Mapping[str, Any]) -> dict[str, Any]:
 def cell_key(row: Mapping[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of :func:`cell_config`."""
     return hashlib.sha256(canonical_json(cell_config(row)).encode()).hexdigest()
+
+
+def model_key(kind: str, identity: Mapping[str, Any], split: str, n_images: int, seed: int) -> str:
+    """sha256 (hex) of the canonical JSON of a source model's clean-accuracy measurement: its kind, the
+    settings it depends on (``identity``), the split's name and size, and the seed of the shuffle."""
+    ident = {"kind": kind, "identity": dict(identity), "split": split, "n_images": n_images, "seed": seed}
+    return hashlib.sha256(canonical_json(ident).encode()).hexdigest()
+
+
+def _model_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [k for k in (*MODEL_FIELDS, "identity") if row.get(k) is None]
+    if missing:
+        raise ValueError(f"model: missing field(s) {missing}; a model row needs {[*MODEL_FIELDS, 'identity']}")
+    n, seed = row["n_images"], row["seed"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"model: n_images must be a positive integer and seed an integer, got {n!r} and {seed!r}")
+    values: dict[str, Any] = {"key": model_key(str(row["kind"]), row["identity"], str(row["split"]), n, seed)}
+    values |= {k: str(row[k]) for k in ("kind", "backbone", "dataset", "split")}
+    values |= {"n_images": n, "seed": seed}
+    for k in ("accuracy_eval", "accuracy_test_bn"):
+        acc = _finite(k, row[k])
+        if not 0.0 <= acc <= 100.0:
+            raise ValueError(f"model: {k} is a percentage in [0, 100], got {acc}")
+        values[k] = acc
+    values["wall_s"] = _finite("wall_s", row.get("wall_s"))
+    values["identity"] = canonical_json(row["identity"])
+    values["created_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    return values
 
 
 def _identity_values(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,6 +271,18 @@ class ResultStore:
             self._insert("curves", values, replace=True)
         return values["key"]
 
+    def put_model(self, row: Mapping[str, Any]) -> str:
+        """Insert or replace the clean accuracy of one source model (one transaction); returns its key.
+
+        ``row`` holds :data:`MODEL_FIELDS`, ``identity`` (the settings the model depends on) and
+        optionally ``wall_s``. A store without the ``models`` table gets it here.
+        """
+        values = _model_values(row)
+        self.conn.execute(_MODELS_SQL)  # IF NOT EXISTS: a store written before the table
+        with self.conn:
+            self._insert("models", values, replace=True)
+        return values["key"]
+
     def put_many(self, rows: Iterable[Mapping[str, Any]], curves: Iterable[Mapping[str, Any]] = (),
                  *, replace: bool = True) -> int:
         """Write many cells and curves in ONE transaction (all or nothing); returns the number written.
@@ -235,13 +299,19 @@ class ResultStore:
         return len(cells) + len(curve_values)
 
     def merge_from(self, other: str | Path) -> int:
-        """Copy the cells and curves of another store (e.g. a shard run elsewhere) not already here."""
+        """Copy the cells, curves and model rows of another store (e.g. a shard run elsewhere) not already here.
+
+        Returns the number of cells added.
+        """
         with ResultStore.copy_to_memory(other) as src:
             rows = [dict(r) for r in src.conn.execute("SELECT * FROM cells")]
             curves = [dict(r) for r in src.conn.execute("SELECT * FROM curves")]
+            models = [dict(r) for r in src.conn.execute("SELECT * FROM models")] if src._has_models() else []
         before = self.count()
+        if models:
+            self.conn.execute(_MODELS_SQL)
         with self.conn:
-            for table, items in (("cells", rows), ("curves", curves)):
+            for table, items in (("cells", rows), ("curves", curves), ("models", models)):
                 for v in items:
                     self._insert(table, v, replace=False)
         return self.count() - before
@@ -268,6 +338,26 @@ class ResultStore:
     # ----- reading ------------------------------------------------------------------------
     def has(self, key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM cells WHERE key = ?", (key,)).fetchone() is not None
+
+    def has_model(self, key: str) -> bool:
+        """Whether the clean accuracy of the source model with this :func:`model_key` is stored."""
+        if not self._has_models():
+            return False
+        return self.conn.execute("SELECT 1 FROM models WHERE key = ?", (key,)).fetchone() is not None
+
+    def models(self) -> list[dict[str, Any]]:
+        """The source models' clean-accuracy rows in insertion order (``identity`` as a dict); none in a
+        store written before the table."""
+        if not self._has_models():
+            return []
+        out = [dict(r) for r in self.conn.execute("SELECT * FROM models ORDER BY rowid")]
+        for d in out:
+            d["identity"] = json.loads(d["identity"])
+        return out
+
+    def _has_models(self) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'"
+        return self.conn.execute(q).fetchone() is not None
 
     def keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM cells")}
@@ -328,7 +418,7 @@ def _create(conn: sqlite3.Connection) -> None:
             "testtime": __version__}
     inserts = "".join(f"INSERT OR IGNORE INTO meta (name, value) VALUES ('{k}', '{v}');" for k, v in meta.items())
     # schema and version in one transaction; IF NOT EXISTS / OR IGNORE: shards may create the store at once
-    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + inserts + "COMMIT;")
+    conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MODELS_SQL + inserts + "COMMIT;")
 
 
 def check_version(path: Path) -> int:
