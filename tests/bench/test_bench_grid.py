@@ -200,3 +200,79 @@ def test_only_names_the_valid_labels(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     assert main(["bench", "--preset", "demo", "--only", "bn", "--run-dir", str(tmp_path / "r")]) == 2
     assert "--only: only with a bench CONFIG" in capsys.readouterr().err
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_grid_stores_its_source_models_clean_accuracy_on_the_whole_test_split(reference):
+    import numpy as np
+    import torch
+
+    from testtime.bench.evaluation import clean_accuracy
+    from testtime.bench.runner import to_float_batch
+    from testtime.bench.spec import load_bench_config
+
+    with ResultStore.open(reference) as store:
+        rows = store.models()
+    assert [r["kind"] for r in rows] == ["supervised"]  # source, bn and tent share the supervised model
+    row = rows[0]
+    run = BenchRun(load_bench_config("tiny"), reference, log=None, progress=False)  # loads the checkpoint
+    model, pool = run.model("supervised"), run.data.pool
+    assert (row["split"], row["n_images"], row["dataset"], row["backbone"]) == ("fashion-mnist/test", 10000,
+                                                                                  "fashion-mnist", "resnet8")
+    assert row["identity"] == run.source_identity("supervised") and row["seed"] == run.cfg.seed
+    model.eval()
+    with torch.no_grad():  # eval mode: every test image once, in file order
+        pred = np.concatenate([model(to_float_batch(pool.images[s:s + 500], "cpu")).argmax(1).numpy()
+                               for s in range(0, len(pool), 500)])
+    assert row["accuracy_eval"] == pytest.approx(100.0 * np.mean(pred == pool.labels), abs=0.011)  # 1 image
+    assert row["accuracy_test_bn"] == clean_accuracy(model, pool, seed=run.cfg.seed, test_batch_bn=True)
+    assert row["accuracy_eval"] == clean_accuracy(model, pool, seed=run.cfg.seed)
+    assert "[clean] supervised: eval mode" in (reference / "bench.log").read_text()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_clean_accuracy_changes_no_cell_and_is_measured_once(reference, tmp_path, monkeypatch):
+    import testtime.bench.evaluation as evaluation
+    import testtime.bench.experiment as experiment
+
+    run = _with_checkpoint(reference, tmp_path / "run")
+    real_record = experiment.record_clean_accuracy
+    monkeypatch.setattr(experiment, "record_clean_accuracy", lambda *a, **k: 0)  # the grid before the feature
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0
+    assert cells_of(run) == cells_of(reference)  # same keys and results with the rows recorded (reference)
+    with ResultStore.open(run) as store:
+        assert store.models() == []
+    monkeypatch.setattr(experiment, "record_clean_accuracy", real_record)
+    calls = []
+    real_clean = evaluation.clean_accuracy
+    monkeypatch.setattr(evaluation, "clean_accuracy", lambda *a, **k: calls.append(k) or real_clean(*a, **k))
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0  # resume: only the model row is new
+    assert [k.get("test_batch_bn", False) for k in calls] == [False, True]
+    assert cells_of(run) == cells_of(reference)
+    with ResultStore.open(run) as store, ResultStore.open(reference) as ref:
+        first = store.models()
+        drop = ("wall_s", "created_utc")
+        assert [{k: v for k, v in r.items() if k not in drop} for r in first] == [
+            {k: v for k, v in r.items() if k not in drop} for r in ref.models()]
+    calls.clear()
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0  # stored: recomputes nothing
+    assert calls == []
+    with ResultStore.open(run) as store:
+        assert store.models() == first
+    assert "[clean] stored already: supervised" in (run / "bench.log").read_text()
+
+
+def test_load_models_loads_each_kind_once_in_order_of_first_use():
+    from types import SimpleNamespace
+
+    from testtime.bench.source_models import load_models
+    from testtime.bench.spec import load_bench_config
+
+    sets = ["methods.cta={method: cta}", "methods.y={method: tent, model: joint}", "methods.c2={method: cta}"]
+    bench = load_bench_config("tiny", sets)
+    loaded = []
+    run = SimpleNamespace(bench=bench, model=loaded.append)
+    assert load_models(run) == ["supervised", "aligned", "joint"]
+    assert loaded == ["supervised", "aligned", "joint"]

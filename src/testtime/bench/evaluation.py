@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,17 @@ def clean_accuracy(
         x = to_float_batch(split.images[idx], device)
         correct += int((model(x).argmax(1).cpu().numpy() == split.labels[idx]).sum())
     return 100.0 * correct / max(1, len(split))
+
+
+def clean_accuracies(named: Iterable[tuple[str, nn.Module]], split: ImageSplit, *, device: str = "cpu",
+                     seed: int = 0) -> Iterator[tuple[str, float, float, float]]:
+    """For each (label, model), as it is measured: (label, eval-mode accuracy %, test-batch-BN accuracy %,
+    wall seconds of both) on ``split`` with :func:`clean_accuracy` (the same seeded shuffle for both)."""
+    for label, model in named:
+        t0 = time.perf_counter()
+        acc = clean_accuracy(model, split, device=device, seed=seed)
+        bn = clean_accuracy(model, split, device=device, seed=seed, test_batch_bn=True)
+        yield label, acc, bn, time.perf_counter() - t0
 
 
 def corrupted_domains(

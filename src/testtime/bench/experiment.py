@@ -5,7 +5,9 @@
 1. the config is checked against this machine and the data (device, corruption parameters); a
    results store ``<run_dir>/results.sqlite`` of another schema version is refused and left as it
    is; then the store is opened (or created);
-2. the source models are loaded from the stage checkpoints in the run dir (trained once if missing);
+2. the source models are loaded from the stage checkpoints in the run dir (trained once if missing),
+   and the clean accuracy of each one not yet in the store's ``models`` table is measured on the
+   whole test split and stored (:mod:`testtime.bench.source_models`);
 3. each (method label, protocol) with candidates gets its hyperparameters chosen on the held-out
    corruptions (:mod:`testtime.bench.select`);
 4. the cells (eval seed x severity x corruption x label x protocol, in that nesting) go to
@@ -28,8 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testtime.bench.cells import BenchRun, model_kind
+from testtime.bench.cells import BenchRun
 from testtime.bench.select import choose
+from testtime.bench.source_models import load_models, record_clean_accuracy
 from testtime.bench.spec import BenchConfig, bench_to_dict, expand
 from testtime.store import GridSummary, ResultStore, run_grid
 from testtime.store.db import check_version, store_path
@@ -41,8 +44,7 @@ def build_cells(run: BenchRun) -> list[dict[str, Any]]:
     """Choose on the held-out corruptions, then list every cell of the grid (in grid order)."""
     b = run.bench
     pairs = expand(b)
-    for label in b.methods:  # every source model is loaded (or trained) before the grid starts
-        run.model(model_kind(label, b.methods[label]))
+    load_models(run)  # every source model is loaded (or trained) before the grid starts
     chosen = {pair: choose(run, *pair) for pair in pairs}
     return [run.cell(label, proto, corr, sev, seed, *chosen[(label, proto)])
             for seed in b.eval_seeds for sev in b.severities for corr in b.corruptions for label, proto in pairs]
@@ -76,6 +78,7 @@ def run_bench(bench: BenchConfig, run_dir: str | Path, *, shard: tuple[int, int]
         info = {"bench": bench_to_dict(bench), "environment": environment(),
                 "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
         _atomic_write(run_dir / f"grid-{bench.name}.json", json.dumps(info, indent=2, default=str).encode())
+        record_clean_accuracy(run, store, load_models(run), log=tee)
         cells = build_cells(run)
         return run_grid(cells, run.evaluate_cell, store, shard=shard, progress=progress, log=log)
 

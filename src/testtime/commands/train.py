@@ -264,13 +264,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def print_clean_accuracy(named: list[tuple[str, Any]], split: Any, cfg: Any) -> None:
     """Clean accuracy of each (label, model) on ``split`` (batches of 256 in a seeded shuffle), as a table."""
-    from testtime.bench.evaluation import clean_accuracy
+    from testtime.bench.evaluation import clean_accuracies
 
     print(f"clean accuracy (%) on {split.name} ({len(split)} images), seed {cfg.seed}:")
     print("| model | eval mode | test-batch BN |\n|---|---:|---:|")
-    for label, m in named:
-        acc = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed)
-        bn = clean_accuracy(m, split, device=cfg.device, seed=cfg.seed, test_batch_bn=True)
+    for label, acc, bn, _ in clean_accuracies(named, split, device=cfg.device, seed=cfg.seed):
         print(f"| {label} | {acc:.2f} | {bn:.2f} |", flush=True)
 
 
