@@ -4,8 +4,10 @@
 ``results.sqlite`` (checked for the schema version), plus the cells of its ``results.json`` and
 ``bench-*.json`` that the store does not hold. :func:`write_report` writes into ``out_dir``:
 
-- ``report.md``: the summary tables first (:mod:`testtime.report.summary`), then every table
-  (settings above it) and the plots;
+- ``report.md``: the source models' clean accuracy first when the store has model rows
+  (:mod:`testtime.report.models`), then the summary tables (:mod:`testtime.report.summary`), then
+  every table (settings above it) and the plots;
+- ``models.csv`` when the store has model rows;
 - ``summary<i>.csv`` per summary table;
 - ``table<i>.csv`` (and ``table<i>.tex`` with ``latex=True``) per table;
 - ``accuracy-table<i>.{png,svg}`` per table, ``iterations-<i>.{png,svg}`` per curve setting,
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from testtime.report.models import models_csv, models_markdown
 from testtime.report.summary import build_summaries, summary_csv, summary_markdown
 from testtime.report.tables import build_tables, table_title, to_csv, to_latex, to_markdown
 from testtime.store.db import STORE_NAME, ResultStore
@@ -54,7 +57,7 @@ def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | No
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(store, reference=reference)
     written: list[Path] = []
-    md = [f"# {title}", "", *_summaries(store, out_dir, written)]
+    md = [f"# {title}", "", *_models(store, out_dir, written), *_summaries(store, out_dir, written)]
     if plots:
         from testtime.report import plots as P
     for i, t in enumerate(tables):
@@ -79,6 +82,16 @@ def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | No
     report = out_dir / "report.md"
     report.write_text("\n".join(md).rstrip() + "\n")
     return [report, *written]
+
+
+def _models(store: ResultStore, out_dir: Path, written: list[Path]) -> list[str]:
+    rows = store.models()
+    if not rows:
+        return []
+    path = out_dir / "models.csv"
+    path.write_text(models_csv(rows))
+    written.append(path)
+    return [models_markdown(rows), f"CSV: [{path.name}]({path.name})", ""]
 
 
 def _summaries(store: ResultStore, out_dir: Path, written: list[Path]) -> list[str]:
