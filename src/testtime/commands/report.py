@@ -9,8 +9,9 @@ Examples::
 Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
 of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
 not changed). First, when the store has them, the source models' clean accuracy (eval mode and
-test-batch BN, from the grid's ``models`` table; also ``models.csv``). Tables: corruptions as rows, methods as columns, a Mean row, a "Δ (ours − other)" row
-against ``--ref``, mean ± std over seeds; the protocol, backbone and hyperparameters above each.
+test-batch BN, from the grid's ``models`` table; also ``models.csv``). Tables: corruptions as rows,
+methods as columns, a Mean row, a "Δ (ours − other)" row against ``--ref``, mean ± std over seeds;
+the protocol, backbone and hyperparameters above each.
 """
 
 from __future__ import annotations
