@@ -19,4 +19,22 @@ def test_later_fields_at_their_old_value_are_left_out_at_any_depth():
 
 def test_identity_is_the_plain_dict_otherwise():
     plain = TrainConfig(epochs=3, lr=0.1).__dict__
-    assert identity_dict(TrainConfig(epochs=3, lr=0.1)) == {k: v for k, v in plain.items() if k != "cutout"}
+    assert identity_dict(TrainConfig(epochs=3, lr=0.1)) == {k: v for k, v in plain.items() if k not in LATER_FIELDS}
+
+
+def test_lookahead_fields_are_later_fields_and_settable_from_the_cli():
+    """A default TrainConfig identifies as before the Lookahead option (checkpoints and cells still match);
+    ``--set supervised.lookahead_every=5`` reaches the supervised stage and its identity."""
+    from testtime.config import apply_overrides, config_from_dict
+
+    default = identity_dict(TrainConfig())
+    assert "lookahead_every" not in default and "lookahead_decay" not in default
+    assert LATER_FIELDS["lookahead_every"] == TrainConfig().lookahead_every == 0
+    assert LATER_FIELDS["lookahead_decay"] == TrainConfig().lookahead_decay == 0.95**5
+    cfg = config_from_dict(PipelineConfig, apply_overrides({}, ["supervised.lookahead_every=5"]))
+    assert cfg.supervised.lookahead_every == 5 and cfg.ssl.train.lookahead_every == 0
+    ident = identity_dict(cfg)
+    assert ident["supervised"]["lookahead_every"] == 5 and "lookahead_decay" not in ident["supervised"]
+    assert "lookahead_every" not in ident["ssl"]["train"]
+    tuned = config_from_dict(PipelineConfig, apply_overrides({}, ["supervised.lookahead_decay=0.5"]))
+    assert identity_dict(tuned)["supervised"]["lookahead_decay"] == 0.5

@@ -263,3 +263,101 @@ def test_cutout_is_recorded_when_on(tmp_path):
     cfg = TrainConfig(**{**CFG.__dict__, "cutout": 4, "epochs": 0.5})
     fit(_sup_objective(), _split(), cfg, tmp_path, "s", log=None)
     assert _sidecar_meta(tmp_path / "s.json")[1]["train_config"]["cutout"] == 4
+
+
+# Lookahead (airbench94's EMA with syncs): CFG has 12 steps (6 per epoch), checkpoints at 3, 6, 9
+LOOK = TrainConfig(**{**CFG.__dict__, "lookahead_every": 4})
+
+
+class _AirbenchLookahead:
+    """airbench94's ``LookaheadState`` as published (github.com/KellerJordan/airbench), the reference."""
+
+    def __init__(self, net):
+        self.net_ema = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def update(self, net, decay):
+        for ema_param, net_param in zip(self.net_ema.values(), net.state_dict().values()):
+            if net_param.dtype in (torch.half, torch.float):
+                ema_param.lerp_(net_param, 1 - decay)
+                net_param.copy_(ema_param)
+
+
+def test_lookahead_matches_airbench_reference():
+    """Syncs at steps 4, 8 and 12 with decay 0.95**5 * (s / 12)**3, then the EMA: the same weights, bit for
+    bit, as airbench's LookaheadState driven from a callback of a run without the option."""
+    data = _split()
+    on = _sup_objective()
+    fit(on, data, LOOK, None, log=None)
+    ref = _sup_objective()
+    states = {n: _AirbenchLookahead(m) for n, m in ref.modules.items()}
+
+    def sync(step, logs):
+        if step % 4 == 0:
+            for n, s in states.items():
+                with torch.no_grad():
+                    s.update(ref.modules[n], decay=0.95**5 * (step / 12) ** 3)
+
+    fit(ref, data, CFG, None, on_step=sync, log=None)
+    for n, s in states.items():
+        with torch.no_grad():
+            s.update(ref.modules[n], decay=1.0)
+    a, b = _weights(on.modules), _weights(ref.modules)
+    assert any("running_mean" in k for k in a)  # BN statistics are averaged too
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    off = _sup_objective()
+    fit(off, data, CFG, None, log=None)
+    c = _weights(off.modules)
+    assert all(torch.isfinite(v).all() for v in a.values())
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the option changes the weights
+
+
+def test_lookahead_off_is_the_default_and_writes_no_ema(tmp_path):
+    data = _split()
+    default, off = _sup_objective(), _sup_objective()
+    fit(default, data, TrainConfig(**{k: v for k, v in CFG.__dict__.items() if not k.startswith("lookahead")}),
+        None, log=None)
+    fit(off, data, TrainConfig(**{**CFG.__dict__, "lookahead_every": 0}), None, log=None)
+    a, b = _weights(default.modules), _weights(off.modules)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def kill(step, logs):
+        if step == 4:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        fit(_sup_objective(), data, CFG, tmp_path, "s", on_step=kill, log=None)
+    tensors, _ = load_checkpoint(tmp_path / "s.resume")
+    assert not any(k.startswith("lookahead.") for k in tensors)
+
+
+def test_lookahead_resume_after_kill_is_bit_identical(tmp_path):
+    data = _split()
+    ref = _sup_objective()
+    fit(ref, data, LOOK, tmp_path / "ref", "stage", log=None)
+
+    def kill(step, logs):
+        if step == 7:  # after the checkpoint of step 6, between the syncs of steps 4 and 8
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        fit(_sup_objective(), data, LOOK, tmp_path / "run", "stage", on_step=kill, log=None)
+    tensors, _ = load_checkpoint(tmp_path / "run" / "stage.resume")
+    ema = {k for k in tensors if k.startswith("lookahead.")}
+    assert any(k.endswith("running_var") for k in ema) and any(k.startswith("lookahead.head.") for k in ema)
+    assert not any(k.endswith("num_batches_tracked") for k in ema)
+    resumed = _sup_objective(seed=1)
+    assert fit(resumed, data, LOOK, tmp_path / "run", "stage", log=None).resumed_from == 6
+    a, b = _weights(ref.modules), _weights(resumed.modules)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    side = json.loads((tmp_path / "run" / "stage.json").read_text())
+    assert side["meta"]["train_config"]["lookahead_every"] == 4
+    assert "lookahead_decay" not in side["meta"]["train_config"]  # at its default: a later field's old value
+
+
+def test_lookahead_config_errors():
+    for bad, match in [({"lookahead_every": -1}, "lookahead_every"), ({"lookahead_decay": 1.0}, "lookahead_decay"),
+                       ({"lookahead_decay": -0.1}, "lookahead_decay")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="exceeds the run's 12 steps"):
+        fit(_sup_objective(), _split(), TrainConfig(**{**CFG.__dict__, "lookahead_every": 13}), None, log=None)

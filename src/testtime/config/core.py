@@ -140,7 +140,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 # value that means "as before". A config's identity (what checkpoint reuse compares and what cell keys
 # hash) leaves such a field out while it holds that value, so the checkpoints and cells written before
 # the field existed still match. Matched by field name at any depth.
-LATER_FIELDS: dict[str, Any] = {"cutout": 0}  # TrainConfig.cutout (2026-12-01)
+LATER_FIELDS: dict[str, Any] = {
+    "cutout": 0,  # TrainConfig.cutout (2026-12-01)
+    "lookahead_every": 0,  # TrainConfig.lookahead_every and lookahead_decay (airbench94's Lookahead EMA)
+    "lookahead_decay": 0.95**5,
+}
 
 
 def strip_later_fields(value: Any) -> Any:

@@ -19,8 +19,8 @@ Differences from airbench94, so that the model fits this project's f / h split a
 methods: the classifier has a bias; BN layers have trainable affine weights (airbench freezes the
 BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU
 schedule); the stem is trainable after its whitening initialisation (airbench freezes its weights
-and trains the bias for 3 epochs); no lookahead EMA and no test-time flip/translate averaging. The
-training recipe (Nesterov SGD, crop + flip; label smoothing and Cutout are options of
+and trains the bias for 3 epochs); no test-time flip/translate averaging. The training recipe
+(Nesterov SGD, crop + flip; label smoothing, Cutout and airbench's Lookahead EMA are options of
 :class:`testtime.train.trainer.TrainConfig`, off in the preset) is the ``cifar10-cpu`` preset's.
 
 Like every backbone here: images in [0, 1] (B, C, H, W), normalisation inside the model,

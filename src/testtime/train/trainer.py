@@ -12,6 +12,19 @@ weights and buffers of every module, the optimiser moments and the step (safeten
 killed at any point and restarted with the same command ends with the same weights, bit for bit on
 CPU, as an uninterrupted run.
 
+Lookahead (``lookahead_every > 0``; off by default): the weight averaging of Keller Jordan's airbench94
+(github.com/KellerJordan/airbench, ``airbench94.py``: ``LookaheadState`` and ``alpha_schedule``). An
+EMA of every floating tensor in the state dicts of the trainable modules (weights and BN running
+statistics; integer buffers such as ``num_batches_tracked`` are left alone) starts as a copy of the
+weights. After the optimiser step of every step ``s`` (counted from 1) with ``s % lookahead_every == 0``
+the EMA moves toward the live weights, ``ema.lerp_(w, 1 - decay)`` with ``decay = lookahead_decay *
+(s / total)**3`` (airbench: every 5 steps, ``0.95**5 * (s / total)**3``), and the live weights are reset
+to the EMA (the Lookahead optimiser's sync, which changes the trajectory). After the last step the
+weights take the EMA (airbench's final ``update(decay=1.0)``), so the final checkpoint holds it; as in
+airbench, the steps after the last sync are thereby dropped, and a ``lookahead_every`` above the run's
+steps is refused (the weights would end where they started). The resume checkpoint holds the EMA
+(``lookahead.<module>.<key>``), so a resumed run ends as an uninterrupted one.
+
 Data parallelism: under ``torchrun`` (a process group initialised, see
 :mod:`testtime.train.distributed`) every rank trains on its rows of each global batch of
 ``batch_size`` images with the augmentation draws of the single-process run, gradients are averaged
@@ -70,6 +83,8 @@ class TrainConfig:
     channels_last: bool = False  # NHWC convolutions (about 1.3x faster on this CPU for the airbench net)
     crop_padding: int = 4  # supervised crop + flip augmentation: zero padding of the random crop
     cutout: int = 0  # supervised augmentation: side of one zeroed square per image (0 = off; CropFlipConfig)
+    lookahead_every: int = 0  # airbench94's Lookahead EMA: sync every this many steps (0 = off; airbench: 5)
+    lookahead_decay: float = 0.95**5  # the EMA decay at the last step, ramped as (step / total)**3 (airbench)
     seed: int = 0
     checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
     log_every: int = 20  # steps
@@ -93,6 +108,10 @@ class TrainConfig:
         self.augment()  # cutout's check lives in CropFlipConfig
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.lookahead_every < 0:
+            raise ValueError(f"lookahead_every must be >= 0 (steps between syncs; 0 = off), got {self.lookahead_every}")
+        if not 0 <= self.lookahead_decay < 1:
+            raise ValueError(f"lookahead_decay must lie in [0, 1), got {self.lookahead_decay}")
 
     def augment(self) -> CropFlipConfig:
         """The supervised augmentation this config asks for (crop padding, flip, Cutout)."""
@@ -126,6 +145,39 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
             weight_decay=config.weight_decay,
         )  # fmt: skip
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lookahead_tensors(objective: Objective) -> dict[str, torch.Tensor]:
+    """The floating tensors of the trainable modules' state dicts, ``lookahead.<module>.<key>``, each
+    storage once (they share memory with the live weights and buffers)."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    trainable = {n: objective.modules[n] for n in objective.trainable}
+    for k, v in module_tensors(trainable, prefix="lookahead").items():
+        if v.is_floating_point() and v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            out[k] = v
+    return out
+
+
+def start_lookahead(objective: Objective, saved: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The Lookahead EMA at the start: a copy of the weights, or the EMA of ``saved`` (a resume checkpoint)."""
+    ema = {k: v.clone() for k, v in lookahead_tensors(objective).items()}
+    if saved:
+        missing = sorted(set(ema) - set(saved))
+        if missing:
+            raise ValueError(f"{source}.safetensors holds no Lookahead EMA ({missing[0]}, ...); delete it to restart")
+        for k, e in ema.items():
+            e.copy_(saved[k])
+    return ema
+
+
+@torch.no_grad()
+def lookahead_update(ema: dict[str, torch.Tensor], live: dict[str, torch.Tensor], decay: float) -> None:
+    """airbench94's ``LookaheadState.update``: ``ema <- lerp(ema, live, 1 - decay)``, then ``live <- ema``."""
+    for k, e in ema.items():
+        e.lerp_(live[k], 1 - decay)
+        live[k].copy_(e)
 
 
 @dataclass
@@ -219,7 +271,11 @@ def fit(
     per_epoch = n // config.batch_size
     total = max(1, int(round(config.epochs * per_epoch)))
     warmup = int(round(config.warmup_epochs * per_epoch))
+    if config.lookahead_every > total:
+        raise ValueError(f"lookahead_every {config.lookahead_every} exceeds the run's {total} steps "
+                         "(no sync: the weights would end at their initial values)")
     start = 0
+    saved: dict[str, torch.Tensor] = {}  # the resume checkpoint's tensors
     running: dict[str, float] = {}  # sums of the logged values since the last log line
     history: list[dict[str, float]] = []
     if resume_path is not None and resume and checkpoint_exists(resume_path):
@@ -231,6 +287,7 @@ def fit(
             )
         load_module_tensors(objective.modules, tensors, source=str(resume_path))
         load_optimizer_tensors(opt, tensors, rmeta["optimizer_groups"])
+        saved = tensors
         start = int(rmeta["step"])
         # the partial sums and the logged rows before the stop: the log lines and history after a resume
         # are those of an uninterrupted run
@@ -244,13 +301,14 @@ def fit(
             ot, groups = optimizer_tensors(opt)
             save_checkpoint(
                 resume_path,
-                {**module_tensors(objective.modules), **ot},
+                {**module_tensors(objective.modules), **ot, **(ema or {})},
                 {**meta, "step": step, "optimizer_groups": groups, "running": running, "history": result.history},
             )
         D.barrier()
 
     objective.set_modes()
     D.broadcast_modules(objective.modules.values())  # the same start on every rank (no-op in one process)
+    ema = start_lookahead(objective, saved, str(resume_path)) if config.lookahead_every else None  # None: off
     stats = D.running_stats(objective.modules[n] for n in objective.trainable) if world > 1 else []
     result = FitResult(name, total, start, 0.0, history=history)
     t0 = time.perf_counter()
@@ -285,10 +343,12 @@ def fit(
         else:
             result.skipped_nonfinite += 1
             opt.zero_grad(set_to_none=True)
+        done = step + 1
+        if ema is not None and done % config.lookahead_every == 0:
+            lookahead_update(ema, lookahead_tensors(objective), config.lookahead_decay * (done / total) ** 3)
         for key, v in logs.items():
             running[key] = running.get(key, 0.0) + v
         running["_n"] = running.get("_n", 0.0) + 1
-        done = step + 1
         if done % max(1, config.log_every) == 0 or done == total:
             c = running.pop("_n")
             row = {
@@ -308,6 +368,8 @@ def fit(
                 save_resume(done)
         if on_step is not None:
             on_step(done, logs)
+    if ema is not None:  # the weights take the EMA (airbench's final update with decay 1)
+        lookahead_update(ema, lookahead_tensors(objective), 1.0)
     result.wall_s = time.perf_counter() - t0
     if final is not None and D.is_main():
         save_checkpoint(
