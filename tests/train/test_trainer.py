@@ -361,3 +361,16 @@ def test_lookahead_config_errors():
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="exceeds the run's 12 steps"):
         fit(_sup_objective(), _split(), TrainConfig(**{**CFG.__dict__, "lookahead_every": 13}), None, log=None)
+
+
+def test_environment_names_the_decoder_and_the_commit():
+    """Checkpoint sidecars record what a bit-for-bit retraining depends on beyond torch and numpy."""
+    import PIL
+
+    from testtime.train.checkpoint import environment
+
+    env = environment()
+    assert env["pillow"] == PIL.__version__
+    assert env["torch"] == torch.__version__
+    commit = env.get("git_commit")  # present when running from a git checkout (this test suite does)
+    assert commit is None or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))

@@ -62,18 +62,45 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
+def _git_commit() -> str | None:
+    """The commit of the checkout that this package runs from (an editable install), else None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def environment() -> dict[str, str]:
-    """Versions and machine written beside every checkpoint and result."""
+    """Versions and machine written beside every checkpoint and result.
+
+    Pillow is listed because it decodes the JPEG / PNG datasets (another decoder build can change
+    decoded pixels), and the git commit (when the package runs from a checkout) because the version
+    string does not change between commits: a model retrained in another environment is only
+    comparable bit for bit when all of these match.
+    """
+    import PIL
+
     from testtime import __version__
 
-    return {
+    env = {
         "testtime": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "pillow": PIL.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_threads": str(torch.get_num_threads()),
     }
+    commit = _git_commit()
+    if commit is not None:
+        env["git_commit"] = commit
+    return env
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
