@@ -91,7 +91,12 @@ def test_one_step_matches_independent_computation():
     got = dict(m.model.named_parameters())
     for n, gr in zip(names, grads):
         expected = params[n].detach() - lr * gr / (gr.abs() + 1e-8)
-        torch.testing.assert_close(got[n], expected, rtol=1e-4, atol=1e-6, msg=n)
+        # g / (|g| + eps) is ill-conditioned where |g| is at float32 summation noise (a 1e-3 relative
+        # error of a 6e-8 gradient moves that weight's step by 1e-6): compare the step where the gradient
+        # is well above the noise, and elsewhere only its bound |step| <= lr
+        well = gr.abs() > 1e-4 * gr.abs().max()
+        torch.testing.assert_close(got[n][well], expected[well], rtol=1e-4, atol=1e-6, msg=n)
+        assert float((got[n] - params[n]).abs().max()) <= lr * (1 + 1e-4), n
     for n, p in ref.named_parameters():  # layer 3, classifier and projectors untouched
         if not n.startswith(updated):
             assert torch.equal(got[n], p), n
