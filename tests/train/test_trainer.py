@@ -374,3 +374,29 @@ def test_environment_names_the_decoder_and_the_commit():
     assert env["torch"] == torch.__version__
     commit = env.get("git_commit")  # present when running from a git checkout (this test suite does)
     assert commit is None or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))
+
+
+def test_git_commit_only_for_a_tracked_file(tmp_path):
+    """A file tracked by its repository gives HEAD; an untracked one (a package installed into a virtual
+    environment inside another project's checkout) and one outside any repository give None."""
+    import shutil
+    import subprocess
+
+    from testtime.train.checkpoint import git_commit_of
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "tracked.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "tracked.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (repo / "untracked.py").write_text("y = 2\n")
+    outside = tmp_path / "outside.py"
+    outside.write_text("z = 3\n")
+    assert git_commit_of(repo / "tracked.py") == head
+    assert git_commit_of(repo / "untracked.py") is None
+    assert git_commit_of(outside) is None

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,15 +63,19 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
-def _git_commit() -> str | None:
-    """The commit of the checkout that this package runs from (an editable install), else None."""
+@functools.cache
+def git_commit_of(here: Path) -> str | None:
+    """The commit of the checkout that holds the file ``here`` (this package's: an editable install),
+    else None; asked once per process and file (the code that runs is the one imported). ``None`` also
+    when ``here`` is not tracked by the enclosing repository (e.g. an install into a virtual
+    environment inside some other project's checkout), so another repository's commit is never
+    recorded."""
     import subprocess
 
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5, check=True,
-        )  # fmt: skip
+        git = ["git", "-C", str(here.parent)]
+        subprocess.run([*git, "ls-files", "--error-unmatch", here.name], capture_output=True, timeout=5, check=True)
+        out = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -97,7 +102,7 @@ def environment() -> dict[str, str]:
         "platform": platform.platform(),
         "cpu_threads": str(torch.get_num_threads()),
     }
-    commit = _git_commit()
+    commit = git_commit_of(Path(__file__).resolve())
     if commit is not None:
         env["git_commit"] = commit
     return env

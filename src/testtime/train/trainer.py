@@ -160,9 +160,12 @@ def lookahead_tensors(objective: Objective) -> dict[str, torch.Tensor]:
     return out
 
 
-def start_lookahead(objective: Objective, saved: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """The Lookahead EMA at the start: a copy of the weights, or the EMA of ``saved`` (a resume checkpoint)."""
-    ema = {k: v.clone() for k, v in lookahead_tensors(objective).items()}
+def start_lookahead(
+    live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """The Lookahead EMA at the start: a copy of ``live`` (:func:`lookahead_tensors`), or the EMA of ``saved``
+    (a resume checkpoint)."""
+    ema = {k: v.clone() for k, v in live.items()}
     if saved:
         missing = sorted(set(ema) - set(saved))
         if missing:
@@ -308,7 +311,9 @@ def fit(
 
     objective.set_modes()
     D.broadcast_modules(objective.modules.values())  # the same start on every rank (no-op in one process)
-    ema = start_lookahead(objective, saved, str(resume_path)) if config.lookahead_every else None  # None: off
+    # None: off. The live tensors share storage with the weights and buffers, which stay the same objects
+    live = lookahead_tensors(objective) if config.lookahead_every else {}
+    ema = start_lookahead(live, saved, str(resume_path)) if config.lookahead_every else None
     stats = D.running_stats(objective.modules[n] for n in objective.trainable) if world > 1 else []
     result = FitResult(name, total, start, 0.0, history=history)
     t0 = time.perf_counter()
@@ -345,7 +350,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
         done = step + 1
         if ema is not None and done % config.lookahead_every == 0:
-            lookahead_update(ema, lookahead_tensors(objective), config.lookahead_decay * (done / total) ** 3)
+            lookahead_update(ema, live, config.lookahead_decay * (done / total) ** 3)
         for key, v in logs.items():
             running[key] = running.get(key, 0.0) + v
         running["_n"] = running.get("_n", 0.0) + 1
@@ -369,7 +374,7 @@ def fit(
         if on_step is not None:
             on_step(done, logs)
     if ema is not None:  # the weights take the EMA (airbench's final update with decay 1)
-        lookahead_update(ema, lookahead_tensors(objective), 1.0)
+        lookahead_update(ema, live, 1.0)
     result.wall_s = time.perf_counter() - t0
     if final is not None and D.is_main():
         save_checkpoint(
