@@ -144,14 +144,25 @@ LATER_FIELDS: dict[str, Any] = {
     "cutout": 0,  # TrainConfig.cutout (2026-12-01)
     "lookahead_every": 0,  # TrainConfig.lookahead_every and lookahead_decay (airbench94's Lookahead EMA)
     "lookahead_decay": 0.95**5,
+    "frozen_params": (),  # TrainConfig.frozen_params and bn_bias_lr_scale (airbench94's parameter groups)
+    "bn_bias_lr_scale": 1.0,
+    "conv_init": "default",  # ModelConfig.conv_init (airbench94's identity init of the 3x3 convolutions)
 }
+
+
+def _is_old_value(key: str, value: Any) -> bool:
+    """Whether ``value`` is the :data:`LATER_FIELDS` value of ``key`` (a JSON list reads as the tuple)."""
+    old = LATER_FIELDS[key]
+    if isinstance(old, tuple) and isinstance(value, list | tuple):
+        return tuple(value) == old
+    return bool(value == old)
 
 
 def strip_later_fields(value: Any) -> Any:
     """``value`` (a config as nested dicts and lists) without the :data:`LATER_FIELDS` at their old value."""
     if isinstance(value, dict):
         return {k: strip_later_fields(v) for k, v in value.items()
-                if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+                if not (k in LATER_FIELDS and _is_old_value(k, v))}
     if isinstance(value, list | tuple):
         return type(value)(strip_later_fields(v) for v in value)
     return value

@@ -73,12 +73,17 @@ class DataConfig:
 class ModelConfig:
     arch: str = "resnet8"
     norm: str = "batch"
+    # "default": PyTorch's initialisation; "dirac": airbench94's, each 3x3 convolution's first C_in
+    # filters set to the identity after it (testtime.models.init.dirac_init_)
+    conv_init: str = "default"
 
     def __post_init__(self) -> None:
         from testtime.models import list_models
+        from testtime.models.init import CONV_INITS
 
         _check_names("model.arch", [self.arch], list_models())
         _check_names("model.norm", [self.norm], ("batch", "group"))
+        _check_names("model.conv_init", [self.conv_init], CONV_INITS)
 
 
 @dataclass(frozen=True)

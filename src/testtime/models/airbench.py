@@ -16,12 +16,15 @@ code is this project's own:
   encoder and the classifier's weights).
 
 Differences from airbench94, so that the model fits this project's f / h split and its test-time
-methods: the classifier has a bias; BN layers have trainable affine weights (airbench freezes the
-BN scale); BN momentum is PyTorch's default 0.1 (airbench: 0.6, tuned to its 10-epoch GPU
-schedule); the stem is trainable after its whitening initialisation (airbench freezes its weights
-and trains the bias for 3 epochs); no test-time flip/translate averaging. The training recipe
-(Nesterov SGD, crop + flip; label smoothing, Cutout and airbench's Lookahead EMA are options of
-:class:`testtime.train.trainer.TrainConfig`, off in the preset) is the ``cifar10-cpu`` preset's.
+methods: the classifier has a bias; BN layers have affine weights (airbench has no BN scale, fixed
+at 1); BN momentum is PyTorch's default 0.1 (airbench: 0.4 in PyTorch's convention, its
+hyperparameter 0.6 being the share of the old running statistics kept), BN eps 1e-5 (airbench:
+1e-12); the convolutions keep PyTorch's initialisation unless ``model.conv_init="dirac"``
+(airbench's identity init, :mod:`testtime.models.init`); no test-time flip/translate averaging.
+The training recipe is the ``cifar10-cpu`` preset's: Nesterov SGD, crop + flip; label smoothing,
+Cutout, airbench's Lookahead EMA and its parameter groups (the stem's weights and the BN scales
+frozen, the BN biases at 64x the learning rate: ``frozen_params``, ``bn_bias_lr_scale``) are
+options of :class:`testtime.train.trainer.TrainConfig`, off in the preset.
 
 Like every backbone here: images in [0, 1] (B, C, H, W), normalisation inside the model,
 ``encoder(x)`` -> (B, 256) features, ``fc`` the linear head h.

@@ -48,13 +48,17 @@ class Objective:
         self.trainable = trainable
 
     def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The trainable modules' parameters, each once, named ``<module>.<parameter>``."""
         seen: set[int] = set()
         out = []
         for n in self.trainable:
-            for p in self.modules[n].parameters():
+            for k, p in self.modules[n].named_parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
-                    out.append(p)
+                    out.append((f"{n}.{k}", p))
         return out
 
     def set_modes(self) -> None:

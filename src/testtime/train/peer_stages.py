@@ -61,12 +61,16 @@ def _method(stage: str) -> Any:
 
 
 def build_peer_model(stage: str, arch: str, num_classes: int, *, in_chans: int = 3, norm: str = "batch",
-                     head_config: Any = None) -> nn.Module:
-    """A fresh testtime ResNet ``arch`` with ``stage``'s auxiliary heads (``head_config``: its HeadConfig)."""
+                     head_config: Any = None, conv_init: str = "default") -> nn.Module:
+    """A fresh testtime ResNet ``arch`` with ``stage``'s auxiliary heads (``head_config``: its HeadConfig);
+    the backbone's convolutions initialised as ``conv_init`` says (:mod:`testtime.models.init`)."""
     from testtime.models import create_model
+    from testtime.models.init import init_convs_
 
     cls = _method(stage)
-    return cls.source_model(create_model(arch, num_classes, in_chans=in_chans, norm=norm), head_config)
+    base = create_model(arch, num_classes, in_chans=in_chans, norm=norm)
+    init_convs_(base.encoder, conv_init)
+    return cls.source_model(base, head_config)
 
 
 def load_peer_model(path: str | Path, stage: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -134,7 +138,7 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
         model = cls.source_model(copy.deepcopy(sup), head_config)
     else:
         model = build_peer_model(stage, cfg.model.arch, train.num_classes, in_chans=train.channels,
-                                 norm=cfg.model.norm, head_config=head_config)
+                                 norm=cfg.model.norm, head_config=head_config, conv_init=cfg.model.conv_init)
         if sup is not None:  # peer_train.init=supervised: the heads stay as built (seeded)
             load_supervised_weights(model, sup, stage)
     meta = {

@@ -74,6 +74,7 @@ from testtime.data import ImageSplit
 from testtime.data.experiment import PipelineData, load_data, per_class_rows  # noqa: F401  (re-exported)
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, feature_dim, projector
+from testtime.models.init import init_convs_
 from testtime.train.checkpoint import save_modules
 from testtime.train.distributed import is_main
 from testtime.train.objectives import (
@@ -107,7 +108,7 @@ def _source_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "data_config": {"dataset": d.dataset, "train_split": d.train_split, "train_per_class": d.train_per_class,
                         "seed": d.seed},
-        "model_config": config_to_dict(cfg.model),
+        "model_config": identity_dict(cfg.model),  # later fields at their old value left out: as before
     }
 
 
@@ -196,9 +197,11 @@ def _progress(stage: str, t: TrainConfig, train: ImageSplit, log: Logger | None)
 
 
 def new_classifier(cfg: PipelineConfig, data: ImageSplit) -> nn.Module:
-    """A fresh seeded model; an encoder with ``init_whitening`` (airbench) is whitened on the data."""
+    """A fresh seeded model (convolutions initialised as ``model.conv_init`` says); an encoder with
+    ``init_whitening`` (airbench) is whitened on the data."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.arch, data.num_classes, in_chans=data.channels, norm=cfg.model.norm)
+    init_convs_(model.encoder, cfg.model.conv_init)
     init = getattr(model.encoder, "init_whitening", None)
     if callable(init):
         rows = np.random.default_rng(cfg.seed).permutation(len(data))[:5000]

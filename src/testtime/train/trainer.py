@@ -25,6 +25,13 @@ airbench, the steps after the last sync are thereby dropped, and a ``lookahead_e
 steps is refused (the weights would end where they started). The resume checkpoint holds the EMA
 (``lookahead.<module>.<key>``), so a resumed run ends as an uninterrupted one.
 
+airbench94's parameter groups (off by default): ``frozen_params`` leaves the parameters whose names
+match its patterns out of the optimiser (airbench freezes its whitening stem's weights and every BN
+scale; they are then neither updated nor decayed, and no gradient is computed for them), and
+``bn_bias_lr_scale`` multiplies the BatchNorm biases' learning rate and divides their weight decay by
+the same factor (airbench's ``bias_scaler = 64``), see :func:`param_groups`. airbench also trains its
+stem bias for the first 3 epochs only; here a parameter is trainable for the whole run or not at all.
+
 Data parallelism: under ``torchrun`` (a process group initialised, see
 :mod:`testtime.train.distributed`) every rank trains on its rows of each global batch of
 ``batch_size`` images with the augmentation draws of the single-process run, gradients are averaged
@@ -85,6 +92,11 @@ class TrainConfig:
     cutout: int = 0  # supervised augmentation: side of one zeroed square per image (0 = off; CropFlipConfig)
     lookahead_every: int = 0  # airbench94's Lookahead EMA: sync every this many steps (0 = off; airbench: 5)
     lookahead_decay: float = 0.95**5  # the EMA decay at the last step, ramped as (step / total)**3 (airbench)
+    # airbench94's parameter groups (off by default): fnmatch patterns over "<module>.<parameter>" names
+    # (e.g. "encoder.stem.weight") of parameters left out of the optimiser, and the BatchNorm biases'
+    # learning-rate multiplier, their weight decay divided by it (airbench: bias_scaler 64)
+    frozen_params: tuple[str, ...] = ()
+    bn_bias_lr_scale: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100  # steps (and at every epoch end); 0 = epoch ends only
     log_every: int = 20  # steps
@@ -112,6 +124,10 @@ class TrainConfig:
             raise ValueError(f"lookahead_every must be >= 0 (steps between syncs; 0 = off), got {self.lookahead_every}")
         if not 0 <= self.lookahead_decay < 1:
             raise ValueError(f"lookahead_decay must lie in [0, 1), got {self.lookahead_decay}")
+        if not self.bn_bias_lr_scale > 0:
+            raise ValueError(f"bn_bias_lr_scale must be > 0, got {self.bn_bias_lr_scale}")
+        if any(not isinstance(p, str) or not p for p in self.frozen_params):
+            raise ValueError(f"frozen_params must be non-empty name patterns, got {list(self.frozen_params)}")
 
     def augment(self) -> CropFlipConfig:
         """The supervised augmentation this config asks for (crop padding, flip, Cutout)."""
@@ -137,8 +153,44 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, or SGD with Nesterov momentum (``config.optimizer``); weight decay coupled (L2) in both."""
+def param_groups(objective: Objective, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups for ``objective`` under ``config`` (airbench94's, when asked).
+
+    Every trainable parameter, named ``<module>.<parameter>``, except those matching a pattern of
+    ``config.frozen_params`` (``fnmatch``; a pattern that matches none is an error). The BatchNorm
+    biases form a group of their own when ``config.bn_bias_lr_scale != 1``: learning rate times the
+    scale, weight decay divided by it, so that their decay per step (lr x wd) is unchanged (airbench94's
+    ``bias_scaler``). Each group carries ``lr_scale``, applied to the schedule's lr at every step.
+    """
+    import fnmatch
+
+    named = objective.named_parameters()
+    names = [n for n, _ in named]
+    for pat in config.frozen_params:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ValueError(
+                f"frozen_params: {pat!r} matches no trainable parameter of {objective.name!r} "
+                f"(names look like {', '.join(names[:3])}, ...)"
+            )
+    bn_biases = {
+        id(m.bias)
+        for n in objective.trainable
+        for m in objective.modules[n].modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    kept = [(n, p) for n, p in named if not any(fnmatch.fnmatchcase(n, pat) for pat in config.frozen_params)]
+    scale = config.bn_bias_lr_scale
+    main = [p for _, p in kept if scale == 1 or id(p) not in bn_biases]
+    groups: list[dict[str, Any]] = [{"params": main, "lr_scale": 1.0}] if main else []
+    bias = [p for _, p in kept if scale != 1 and id(p) in bn_biases]
+    if bias:
+        groups.append({"params": bias, "lr_scale": scale, "weight_decay": config.weight_decay / scale})
+    return groups
+
+
+def make_optimizer(params: list[Any], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum (``config.optimizer``); weight decay coupled (L2) in both.
+    ``params``: parameters, or groups as :func:`param_groups` makes them."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
@@ -266,10 +318,11 @@ def fit(
             log(f"[{name}] final checkpoint exists, loaded {final}.safetensors (delete it to retrain)")
         return FitResult(name, 0, -1, 0.0, checkpoint=str(final))
 
-    params = objective.parameters()
+    groups = param_groups(objective, config)
+    params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError(f"objective {objective.name!r} has no trainable parameters")
-    opt = make_optimizer(params, config)
+    opt = make_optimizer(groups, config)
     n = len(data)
     per_epoch = n // config.batch_size
     total = max(1, int(round(config.epochs * per_epoch)))
@@ -310,6 +363,10 @@ def fit(
         D.barrier()
 
     objective.set_modes()
+    frozen = {id(p) for p in objective.parameters()} - {id(p) for p in params}
+    for p in objective.parameters():  # frozen_params: no gradients computed for them
+        if id(p) in frozen:
+            p.requires_grad_(False)
     D.broadcast_modules(objective.modules.values())  # the same start on every rank (no-op in one process)
     # None: off. The live tensors share storage with the weights and buffers, which stay the same objects
     live = lookahead_tensors(objective) if config.lookahead_every else {}
@@ -331,7 +388,7 @@ def fit(
         x = images[idx].to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=fmt)  # (B, C, H, W)
         y = labels[idx].to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, warmup, config)
+            group["lr"] = lr_at(step, total, warmup, config) * group.get("lr_scale", 1.0)
         if world > 1:  # this rank's rows, with the global batch's augmentation draws
             with batch_slice(lo, hi, config.batch_size):
                 loss, logs = objective.loss(x, y, step_generator(config.seed, step))
@@ -375,6 +432,9 @@ def fit(
             on_step(done, logs)
     if ema is not None:  # the weights take the EMA (airbench's final update with decay 1)
         lookahead_update(ema, live, 1.0)
+    for p in objective.parameters():  # as set_modes left them, for whoever uses the modules next
+        if id(p) in frozen:
+            p.requires_grad_(True)
     result.wall_s = time.perf_counter() - t0
     if final is not None and D.is_main():
         save_checkpoint(

@@ -133,11 +133,14 @@ def _model_meta(cfg: Any, data: Any, stage: str, aux_cfg: AuxStageConfig, init: 
 
 
 def build_aux_model(arch: str, num_classes: int, task: str, *, in_chans: int = 3, norm: str = "batch",
-                    proj_dim: int = 128) -> AuxHeadModel:
-    """A fresh testtime ResNet with an auxiliary ``task`` head ("rotation" | "simclr")."""
+                    proj_dim: int = 128, conv_init: str = "default") -> AuxHeadModel:
+    """A fresh testtime ResNet with an auxiliary ``task`` head ("rotation" | "simclr"); its encoder's
+    convolutions initialised as ``conv_init`` says (:mod:`testtime.models.init`)."""
     from testtime.models import create_model
+    from testtime.models.init import init_convs_
 
     base = create_model(arch, num_classes, in_chans=in_chans, norm=norm)
+    init_convs_(base.encoder, conv_init)
     return with_aux_head(base, task, proj_dim=proj_dim, in_chans=in_chans)
 
 
@@ -162,7 +165,8 @@ def initial_aux_model(cfg: Any, train: Any, stage: str, aux_cfg: AuxStageConfig 
     """
     torch.manual_seed(cfg.seed)
     model = build_aux_model(cfg.model.arch, train.num_classes, "rotation" if stage == "ttt" else "simclr",
-                            in_chans=train.channels, norm=cfg.model.norm, proj_dim=aux_cfg.proj_dim)
+                            in_chans=train.channels, norm=cfg.model.norm, proj_dim=aux_cfg.proj_dim,
+                            conv_init=cfg.model.conv_init)
     if sup is not None:
         load_supervised_weights(model, sup, stage)
     return model
