@@ -151,15 +151,16 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
     assert bench.corruptions == CORRUPTIONS_15 and bench.heldout == CORRUPTIONS_EXTRA
     assert bench.severities == (5, 3) and bench.eval_seeds == (0, 1, 2)
     assert source_config(bench).data.test_per_class == 200
-    assert len(pairs) * 15 * 2 * 3 == 2610
+    assert len(pairs) * 15 * 2 * 3 == 2700
     for m in ("tent", "eata", "sar", "cotta"):
         assert {p for label, p in pairs if label == m} == {"reset-per-domain", "continual"}
         assert bench.methods[m].candidates["lr"]
-    for m in ("cta-c", "y-model", "ttt", "ttt++", "clust3", "nc-ttt", "rec-ttt", "cta-0-steps", "cta-bn-source",
-              "cta-lineage"):
+    for m in ("cta-c", "y-model", "ttt", "ttt-0-steps", "ttt++", "clust3", "nc-ttt", "rec-ttt", "cta-0-steps",
+              "cta-bn-source", "cta-lineage"):
         assert {p for label, p in pairs if label == m} == {"episodic"}
     assert {p for label, p in pairs if label == "cta"} == {"episodic", "reset-per-domain"}
     assert bench.methods["cta-0-steps"].settings == {"steps": 0}
+    assert bench.methods["ttt-0-steps"].method == "ttt" and bench.methods["ttt-0-steps"].settings == {"steps": 0}
     assert bench.methods["cta-bn-source"].settings == {"steps": 1, "bn": "source"}
     assert bench.methods["cta-lineage"].settings == {"steps": 1, "bn": "lineage"}
     assert bench.methods["eata"].settings == {"d_margin": 0.4, "fisher_alpha": 1.0}  # EATA's CIFAR settings
