@@ -9,8 +9,9 @@ import pytest
 from report_fixtures import PROTO, cell
 
 from testtime.report import write_report
-from testtime.report.summary import build_summaries, summary_csv, summary_markdown
+from testtime.report.summary import build_summaries, selection_text, summary_csv, summary_markdown
 from testtime.store import ResultStore
+from testtime.store.db import canonical_json
 
 CONT = "protocol=continual, reset=never, batch_size=4"
 SELECTION = {"on": ["spatter", "saturate"], "severity": 5, "per_class": 26, "chosen": {"lr": 0.001},
@@ -112,3 +113,19 @@ def test_report_md_starts_with_the_summary(tmp_path):
     assert "CSV: [summary0.csv](summary0.csv)" in md
     assert tmp_path / "summary0.csv" in files
     assert (tmp_path / "summary0.csv").read_text() == summary_csv(build_summaries(summary_store())[0])
+
+
+def test_selection_text_flags_a_choice_at_the_edge_of_three_or_more_candidates():
+    def rec(chosen, cands):
+        means = {canonical_json(c): 50.0 + i for i, c in enumerate(cands)}
+        return {"on": ["fog"], "means": means, "chosen": chosen}
+
+    three = [{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}]
+    assert selection_text(rec({"lr": 1e-2}, three)).endswith(
+        "[lr=0.0001: 50.00, lr=0.001: 51.00, lr=0.01: 52.00]; lr=0.01 at the edge of its candidates")
+    assert selection_text(rec({"lr": 1e-4}, three)).endswith("; lr=0.0001 at the edge of its candidates")
+    assert "edge" not in selection_text(rec({"lr": 1e-3}, three))  # bracketed
+    assert "edge" not in selection_text(rec({"lr": 1e-3}, three[1:]))  # 2 candidates: every choice is an edge
+    grid = [{"lr": a, "steps": s} for a in (1e-4, 1e-3, 1e-2) for s in (1, 3, 10)]
+    assert selection_text(rec({"lr": 1e-3, "steps": 10}, grid)).endswith("; steps=10 at the edge of its candidates")
+    assert selection_text(None) == "defaults"

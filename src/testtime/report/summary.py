@@ -74,7 +74,32 @@ def selection_text(record: dict[str, Any] | None) -> str:
         means.append(f"{cand}: {float(m):.2f}")
     on = record.get("on")
     where = f" on {', '.join(map(str, on))}" if on else ""
-    return f"held-out{where}: {hparams_text(record.get('chosen') or {})} of [{', '.join(means)}]"
+    chosen = record.get("chosen") or {}
+    edge = _edges(chosen, list((record.get("means") or {}).keys()))
+    flag = f"; {', '.join(edge)} at the edge of its candidates" if edge else ""
+    return f"held-out{where}: {hparams_text(chosen)} of [{', '.join(means)}]{flag}"
+
+
+def _edges(chosen: dict[str, Any], keys: list[str]) -> list[str]:
+    """The numeric hyperparameters of ``chosen`` that sit at the smallest or largest of 3 or more candidate values.
+
+    A choice at the edge of the grid was not bracketed: a value beyond it might have done better.
+    """
+    values: dict[str, set[float]] = defaultdict(set)
+    for key in keys:
+        try:
+            cand = json.loads(key)
+        except (TypeError, ValueError):
+            continue
+        for k, v in (cand.items() if isinstance(cand, dict) else []):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                values[k].add(float(v))
+    out = []
+    for k, v in sorted(chosen.items()):
+        if k in values and len(values[k]) >= 3 and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                and float(v) in (min(values[k]), max(values[k])):
+            out.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return out
 
 
 def _choice(cells: list[dict]) -> str:
