@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from testtime.bench.spec import expand, load_bench_config
+from common import grid_args, open_grid
+
+from testtime.bench.spec import expand
 from testtime.store import ResultStore
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--config", default="cifar10-cpu-bench", help="bench config name or YAML path")
+    grid_args(ap)
     args = ap.parse_args(argv)
-    path = args.run_dir / "results.sqlite"
-    if not path.is_file():
-        print(f"bench_grid_wall: error: run_dir: no results.sqlite in {args.run_dir}", file=sys.stderr)
+    grid = open_grid(args, "bench_grid_wall")
+    if grid is None:
         return 2
-    bench = load_bench_config(args.config)
+    path, bench = grid
     per_pair = len(bench.corruptions) * len(bench.severities) * len(bench.eval_seeds)
     with ResultStore.open(path) as store:
         cells = {pair: store.cells(label=pair[0], protocol=pair[1]) for pair in expand(bench)}

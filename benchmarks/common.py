@@ -11,8 +11,10 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -110,3 +112,20 @@ def reset_peak_rss() -> None:
 def peak_rss_bytes() -> int:
     """The resident-set high-water mark (VmHWM) since the process started or the last reset."""
     return _status_kib("VmHWM") * 1024
+
+
+def grid_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of the scripts that read a bench grid's store: RUN_DIR and --config."""
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--config", default="cifar10-cpu-bench", help="bench config name or YAML path")
+
+
+def open_grid(args: argparse.Namespace, prog: str):
+    """``(store path, bench config)`` of :func:`grid_args`' arguments, or None after a one-line error."""
+    from testtime.bench.spec import load_bench_config
+
+    path = args.run_dir / "results.sqlite"
+    if not path.is_file():
+        print(f"{prog}: error: run_dir: no results.sqlite in {args.run_dir}", file=sys.stderr)
+        return None
+    return path, load_bench_config(args.config)

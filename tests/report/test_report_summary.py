@@ -9,7 +9,7 @@ import pytest
 from report_fixtures import PROTO, cell
 
 from testtime.report import write_report
-from testtime.report.summary import build_summaries, selection_text, summary_csv, summary_markdown
+from testtime.report.summary import build_summaries, edge_params, selection_text, summary_csv, summary_markdown
 from testtime.store import ResultStore
 from testtime.store.db import canonical_json
 
@@ -129,3 +129,5 @@ def test_selection_text_flags_a_choice_at_the_edge_of_three_or_more_candidates()
     grid = [{"lr": a, "steps": s} for a in (1e-4, 1e-3, 1e-2) for s in (1, 3, 10)]
     assert selection_text(rec({"lr": 1e-3, "steps": 10}, grid)).endswith("; steps=10 at the edge of its candidates")
     assert selection_text(None) == "defaults"
+    assert edge_params({"lr": 1e-5, "bn": "source"}, [{"lr": v, "bn": "source"} for v in (1e-5, 1e-4, 1e-3)]) == ["lr"]
+    assert edge_params({"steps": True}, [{"steps": v} for v in (True, False, 2)]) == []  # booleans are not numbers

@@ -62,44 +62,47 @@ class Summary:
 
 
 def selection_text(record: dict[str, Any] | None) -> str:
-    """``held-out on fog, snow: lr=0.001 of [lr=0.0001: 55.10, lr=0.001: 61.20]``, or ``defaults``."""
+    """``held-out on fog, snow: lr=0.001 of [lr=0.0001: 55.10, lr=0.001: 61.20]``, or ``defaults``; a choice at
+    the edge of 3 or more candidates (:func:`edge_params`) ends with ``; lr=0.01 at the edge of its candidates``."""
     if not record:
         return "defaults"
-    means = []
+    means, cands = [], []
     for key, m in (record.get("means") or {}).items():
         try:
-            cand = hparams_text(json.loads(key))
-        except (TypeError, ValueError):
-            cand = str(key)
-        means.append(f"{cand}: {float(m):.2f}")
+            cand = json.loads(key)
+            text = hparams_text(cand)
+        except (TypeError, ValueError, AttributeError):
+            cand, text = None, str(key)
+        if isinstance(cand, dict):
+            cands.append(cand)
+        means.append(f"{text}: {float(m):.2f}")
     on = record.get("on")
     where = f" on {', '.join(map(str, on))}" if on else ""
     chosen = record.get("chosen") or {}
-    edge = _edges(chosen, list((record.get("means") or {}).keys()))
-    flag = f"; {', '.join(edge)} at the edge of its candidates" if edge else ""
+    edge = edge_params(chosen, cands)
+    flag = f"; {hparams_text({k: chosen[k] for k in edge})} at the edge of its candidates" if edge else ""
     return f"held-out{where}: {hparams_text(chosen)} of [{', '.join(means)}]{flag}"
 
 
-def _edges(chosen: dict[str, Any], keys: list[str]) -> list[str]:
-    """The numeric hyperparameters of ``chosen`` that sit at the smallest or largest of 3 or more candidate values.
+def edge_params(chosen: dict[str, Any], candidates: list[dict[str, Any]]) -> list[str]:
+    """The numeric hyperparameters of ``chosen`` at the smallest or largest of their 3 or more candidate values.
 
-    A choice at the edge of the grid was not bracketed: a value beyond it might have done better.
+    A choice at the edge of the candidates was not bracketed: a value beyond it might have done better
+    (with 2 candidates every choice is at an edge, so they are not flagged)::
+
+        edge_params({"lr": 1e-2}, [{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}])   # ["lr"]
     """
     values: dict[str, set[float]] = defaultdict(set)
-    for key in keys:
-        try:
-            cand = json.loads(key)
-        except (TypeError, ValueError):
-            continue
-        for k, v in (cand.items() if isinstance(cand, dict) else []):
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+    for cand in candidates:
+        for k, v in cand.items():
+            if _number(v):
                 values[k].add(float(v))
-    out = []
-    for k, v in sorted(chosen.items()):
-        if k in values and len(values[k]) >= 3 and isinstance(v, (int, float)) and not isinstance(v, bool) \
-                and float(v) in (min(values[k]), max(values[k])):
-            out.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
-    return out
+    return [k for k, v in sorted(chosen.items())
+            if _number(v) and len(values.get(k, ())) >= 3 and float(v) in (min(values[k]), max(values[k]))]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _choice(cells: list[dict]) -> str:
