@@ -5,14 +5,15 @@ Usage::
     python benchmarks/bench_heldout_edges.py runs/cifar10-cpu [--config cifar10-cpu-bench] [--only eata,cotta]
 
 For every (label, protocol) of the bench config that has cells in ``<run_dir>/results.sqlite`` and
-candidates, the grid's held-out choice is read (cached in ``selection.json``; measured if missing); a
-numeric hyperparameter chosen at the smallest or largest of 3 or more candidates (the report flags it,
-``at the edge of its candidates``) gets one candidate more beyond that edge, at the ratio of the two
-candidates at that edge (lr 1e-4, 1e-3, 1e-2 chosen 1e-2: 1e-1 is added), and the choice is made again
-on the same held-out corruptions, images and protocol. Printed per pair: the grid's choice and its
-held-out mean, the added value's mean, and whether the choice moves. A pair whose choice stays has
-the same test cells as in the grid (a cell depends on the chosen values, not on the candidates tried);
-one whose choice moves would need its cells measured again with the wider grid.
+candidates, the grid's held-out choice is read (cached in ``selection.json``; measured if missing);
+a numeric hyperparameter chosen at the smallest or largest of 3 or more candidates (the report flags
+it, ``at the edge of its candidates``; the first by name if several are) gets one candidate more
+beyond that edge, at the ratio of the two candidates at that edge (lr 1e-4, 1e-3, 1e-2 chosen 1e-2:
+1e-1 is added), and the choice is made again on the same held-out corruptions, images and protocol.
+Printed per pair: the grid's choice and its held-out mean, the added value's mean, and whether the
+choice moves. A pair whose choice stays has the same test cells as in the grid (a cell depends on
+the chosen values, not on the candidates tried); one whose choice moves would need its cells
+measured again with the wider grid.
 
 Only the held-out subset is evaluated (the test corruptions are never touched). Means are added to the
 run dir's ``selection.json`` cache, so a later grid with the wider candidates reuses them.
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen, record = choose(run, label, proto)
         spec = bench.methods[label]
         edges = edge_params(chosen, candidate_sets(spec))
-        grid = f"{canonical_json(chosen)} {record['mean_accuracy']:.2f}" if record else "-"
+        was = f"{canonical_json(chosen)} {record['mean_accuracy']:.2f}" if record else "-"
         if not edges:
-            print(f"{label:14} {proto:17} {grid:>18} {'(bracketed)':>12}")
+            print(f"{label:14} {proto:17} {was:>18} {'(bracketed)':>12}")
             continue
         k = edges[0]
         extra = beyond([float(v) for v in spec.candidates[k]], float(chosen[k]))
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen2, record2 = choose(run, label, proto)
         mean_extra = record2["means"][canonical_json({**chosen, k: extra})]
         moved = "moves to " + canonical_json(chosen2) if chosen2 != chosen else "stays"
-        print(f"{label:14} {proto:17} {grid:>18} {k}={extra:<9g} {mean_extra:10.2f}  {moved} "
+        print(f"{label:14} {proto:17} {was:>18} {k}={extra:<9g} {mean_extra:10.2f}  {moved} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
     return 0
 
