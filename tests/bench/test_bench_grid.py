@@ -168,6 +168,11 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
     assert bench.methods["cta-lineage"].settings == {"steps": 1, "bn": "lineage"}
     assert bench.methods["eata"].settings == {"d_margin": 0.4, "fisher_alpha": 1.0}  # EATA's CIFAR settings
     assert {p for label, p in pairs if label == "rdumb"} == {"continual"}
+    # the same candidate budget as CTA's (4 decades) for every lr-chosen BN-based baseline that chose an edge
+    for m in ("eata", "sar", "rdumb", "deyo"):
+        assert bench.methods[m].candidates["lr"] == (2.5e-4, 2.5e-3, 2.5e-2, 2.5e-1), m
+    assert bench.methods["cotta"].candidates["lr"] == (1e-4, 1e-3, 1e-2, 1e-1)
+    assert len(bench.methods["cta"].candidates["lr"]) == 4
 
 
 def test_method_settings_are_range_checked(tmp_path, capsys):

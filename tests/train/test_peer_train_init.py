@@ -174,3 +174,12 @@ def test_cpu_preset_fine_tunes_the_peers_and_keeps_the_other_identities():
         assert _run(cfg).source_identity(kind) == without.source_identity(kind), kind
     for kind in ("nc-ttt", "ttt"):
         assert "peer_train" in _run(cfg).source_identity(kind) and "peer_train" not in without.source_identity(kind)
+
+
+def test_cpu_preset_weighs_clust3s_clustering_as_the_mean_over_its_projectors():
+    from testtime.commands.train import load_config
+    from testtime.train.peer_stages import peer_head_config
+
+    head = peer_head_config(load_config("cifar10-cpu", None, []), "clust3")
+    assert head.weight == pytest.approx(1 / (len(head.layers) * head.projectors), rel=1e-5)  # 1/30, not the sum's 1
+    assert peer_head_config(load_config("cifar10-cpu", None, ["peer_heads.clust3.weight=1"]), "clust3").weight == 1

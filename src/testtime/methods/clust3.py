@@ -28,6 +28,10 @@ the argparse default is ``--multi 5``). Differences, on purpose:
   (the official code's variant is described in the loss module).
 - Source training uses the project's one trainer (Adam, cosine schedule) instead of SGD 0.1 over
   350 epochs; the ``testtime train clust3`` stage gets the same data and schedule as ``supervised``.
+  The official lambda 1 on the sum over projectors suits joint training from scratch; the
+  ``cifar10-cpu`` preset fine-tunes for one epoch from a trained model instead, where that sum (30
+  projectors, about 67 at the start) overrode CE (62.62 % clean), so it sets ``weight`` 1/30: the mean
+  over projectors (``--set peer_heads.clust3.weight=1`` restores the official weighting).
 
 Example::
 
