@@ -2,68 +2,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from testtime.cli import main
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 
 
-def script():
-    sys.path.insert(0, str(BENCHMARKS))  # its `from common import ...`
-    try:
-        spec = importlib.util.spec_from_file_location("bench_heldout_edges", BENCHMARKS / "bench_heldout_edges.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return mod
-
-
-def test_beyond_steps_past_the_edge_at_the_ratio_of_the_edge_pair():
-    beyond = script().beyond
+def test_beyond_steps_past_the_edge_at_the_ratio_of_the_edge_pair(benchmark_script):
+    beyond = benchmark_script("bench_heldout_edges").beyond
     assert beyond([1e-4, 1e-3, 1e-2], 1e-2) == pytest.approx(1e-1)
     assert beyond([1e-5, 1e-4, 1e-3, 1e-2], 1e-5) == pytest.approx(1e-6)
     assert beyond([2.5e-2, 2.5e-4, 2.5e-3], 2.5e-2) == pytest.approx(2.5e-1)  # order of the list does not matter
     assert beyond([1, 2, 4], 4) == 8 and beyond([0, 1, 2], 0) == -1  # a zero edge: the arithmetic step
 
 
-TINY = """
-name: tiny-edges
-preset: demo
-source:
-  name: tiny
-  threads: 1
-  data: {train_per_class: 12, test_per_class: 3, heldout_per_class: 2}
-  supervised: {epochs: 1, batch_size: 32}
-corruptions: [gaussian_noise]
-severities: [5]
-eval_seeds: [0]
-heldout: [spatter]
-batch_size: 10
-protocols: [episodic]
-methods:
-  source: {}
-  tent:
-    candidates: {lr: [1.0e-9, 1.0e-8, 1.0e-7]}
-"""
-
-
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) missing")
 @pytest.mark.slow
-def test_a_choice_at_the_edge_gets_one_candidate_more(tmp_path, capsys):
-    cfg, run = tmp_path / "tiny-edges.yaml", tmp_path / "run"
-    cfg.write_text(TINY)
+def test_a_choice_at_the_edge_gets_one_candidate_more(tmp_path, capsys, benchmark_script, tiny_bench):
+    cfg, run = tiny_bench("tiny-edges", "episodic", "1.0e-9, 1.0e-8, 1.0e-7"), tmp_path / "run"
     assert main(["bench", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
     cached = json.loads((run / "selection.json").read_text())
     capsys.readouterr()
-    mod = script()
+    mod = benchmark_script("bench_heldout_edges")
     assert mod.main([str(run), "--config", str(cfg)]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tent")]
     # lrs of 1e-9..1e-7 leave the model as it is: a tie, the first listed (1e-9, the lower edge) wins; 1e-10 is
