@@ -21,7 +21,9 @@ library's own rule (:func:`testtime.data.experiment.load_data`: disjoint from th
 ``data.seed``). The continual stream still holds 4 held-out corruptions against 15 at test. A grid
 run with the larger ``data.heldout_per_class`` draws the test subsets of the other eval seeds around
 it, so adopting it means measuring those seeds' cells again. Means are cached in ``selection.json``
-(their key holds the held-out size), so neither length is measured twice.
+(their key holds the held-out size), so neither length is measured twice. A label whose source model
+is not trained in the run dir is refused before any work (the grid would train it; this script never
+trains).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ import time
 
 from common import grid_args, machine_line
 
-from testtime.bench.cells import BenchRun
+from testtime.bench.cells import STAGES_OF_KIND, BenchRun, model_kind
 from testtime.bench.protocols import list_protocols
 from testtime.bench.select import choose
 from testtime.bench.spec import expand, load_bench_config, source_config
 from testtime.store.db import canonical_json
+from testtime.train.checkpoint import checkpoint_exists
 
 STREAM_PROTOCOLS = ("reset-per-domain", "continual")
 
@@ -46,6 +49,12 @@ def longer(bench, per_class: int):
     """``bench`` with its source's ``data.heldout_per_class`` set to ``per_class`` (other overrides kept)."""
     data = {**bench.source.get("data", {}), "heldout_per_class": per_class}
     return dataclasses.replace(bench, source={**bench.source, "data": data})
+
+
+def untrained(run_dir, bench, label: str) -> list[str]:
+    """The source-stage checkpoints that ``label``'s model needs and ``run_dir`` lacks."""
+    kind = model_kind(label, bench.methods[label])
+    return [s for s in STAGES_OF_KIND.get(kind, (kind,)) if not checkpoint_exists(run_dir / s)]
 
 
 def means_line(record) -> str:
@@ -83,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pairs = [(label, proto) for label, proto in expand(bench)
              if (not only or label in only) and proto in protocols and bench.methods[label].candidates]
+    missing = {label: absent for label, _ in pairs if (absent := untrained(args.run_dir, bench, label))}
+    if missing:
+        label, absent = next(iter(missing.items()))
+        print(f"{prog}: error: --only: {label} needs {', '.join(absent)} in {args.run_dir}, not trained there (this "
+              f"script never trains): train first (testtime train) or leave out {', '.join(missing)}", file=sys.stderr)
+        return 2
     print(machine_line())
     grid_run = BenchRun(bench, args.run_dir, log=None, progress=False)
     long_run = BenchRun(longer(bench, per_class), args.run_dir, log=None, progress=False)

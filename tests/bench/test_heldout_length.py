@@ -42,6 +42,9 @@ def test_choices_on_the_grid_and_the_longer_heldout(tmp_path, capsys, benchmark_
     assert len(json.loads((run / "selection.json").read_text())) == len(cached) + 3
     assert mod.main([str(tmp_path / "nowhere"), "--config", str(cfg)]) == 2
     assert "run_dir:" in capsys.readouterr().err
+    (tmp_path / "untrained").mkdir()  # a run dir without the supervised model that tent adapts: refused
+    assert mod.main([str(tmp_path / "untrained"), "--config", str(cfg)]) == 2
+    assert "--only: tent needs supervised in" in capsys.readouterr().err
     assert mod.main([str(run), "--config", str(cfg), "--only", "nope"]) == 2
     assert "--only: ['nope'] not labels of tiny-length" in capsys.readouterr().err
     assert mod.main([str(run), "--config", str(cfg), "--protocols", "weekly"]) == 2
