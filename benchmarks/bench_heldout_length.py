@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     grid_args(ap)
     ap.add_argument("--per-class", type=int, default=None,
                     help="held-out images per class of the longer stream (default: the test's data.test_per_class)")
-    ap.add_argument("--only", default="", help="comma-separated labels (default: every label with cells)")
+    ap.add_argument("--only", default="", help="comma-separated labels (default: every label with candidates)")
     ap.add_argument("--protocols", default=",".join(STREAM_PROTOCOLS), help="comma-separated protocols")
     args = ap.parse_args(argv)
     prog = "bench_heldout_length"
