@@ -51,3 +51,21 @@ def test_choices_on_the_grid_and_the_longer_heldout(tmp_path, capsys, benchmark_
     assert "--protocols: ['weekly']; valid:" in capsys.readouterr().err
     assert mod.main([str(run), "--config", str(cfg), "--per-class", "0"]) == 2
     assert "--per-class: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("init", "label", "needs"), [
+    ("scratch", "clust3", []),  # the papers' joint training: its own checkpoint is all it loads
+    ("supervised", "clust3", ["supervised"]),  # fine-tuned from the supervised model: that is loaded too
+    ("scratch", "rec-ttt", ["supervised"]),  # ReC-TTT always starts from the supervised model
+    ("supervised", "tent", ["supervised"]),
+])
+def test_untrained_names_the_supervised_model_a_peer_starts_from(tmp_path, benchmark_script, tiny_bench,
+                                                                  init, label, needs):
+    path = tiny_bench(*ARGS)
+    text = path.read_text().replace("  supervised: {", f"  peer_train: {{init: {init}}}\n  supervised: {{")
+    path.write_text(text + "  clust3: {}\n  rec-ttt: {}\n")
+    for kind in ("clust3", "rec-ttt"):  # the peers' own checkpoints exist; the supervised one does not
+        (tmp_path / f"{kind}.safetensors").write_bytes(b"")
+        (tmp_path / f"{kind}.json").write_text("{}")
+    mod = benchmark_script("bench_heldout_length")
+    assert mod.untrained(tmp_path, load_bench_config(str(path)), label) == needs
