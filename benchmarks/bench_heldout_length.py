@@ -39,9 +39,9 @@ from testtime.bench.cells import STAGES_OF_KIND, BenchRun, model_kind
 from testtime.bench.protocols import list_protocols
 from testtime.bench.select import choose
 from testtime.bench.spec import expand, load_bench_config, source_config
-from testtime.methods import METHODS
 from testtime.store.db import canonical_json
 from testtime.train.checkpoint import checkpoint_exists
+from testtime.train.peer_init import stage_init
 from testtime.train.peer_stages import PEER_STAGES
 from testtime.train.ttt_stages import AUX_STAGES
 
@@ -60,10 +60,8 @@ def untrained(run_dir, bench, label: str) -> list[str]:
     ``supervised`` even when its own checkpoint exists (the grid would train it when missing)."""
     kind = model_kind(label, bench.methods[label])
     stages = STAGES_OF_KIND.get(kind, (kind,))
-    if kind in (*PEER_STAGES, *AUX_STAGES):
-        from_sup = getattr(METHODS.get(kind), "init_from_supervised", False)
-        if from_sup or source_config(bench).peer_train.init == "supervised":
-            stages = ("supervised", kind)
+    if kind in (*PEER_STAGES, *AUX_STAGES) and stage_init(source_config(bench), kind) == "supervised":
+        stages = ("supervised", kind)
     return [s for s in stages if not checkpoint_exists(run_dir / s)]
 
 

@@ -1,10 +1,10 @@
 """The pipeline's ``peer_train`` section applied to a source stage with its own heads (peers, ttt, ttt++).
 
 :func:`peer_train_settings` gives the section and the stage's TrainConfig (``peer_train.train``, else
-``supervised``); :func:`supervised_source` the preset's ``supervised`` model (trained first when its
-checkpoint is missing); :func:`load_supervised_weights` copies it into the stage model's encoder +
-classifier; :func:`check_init` refuses a checkpoint trained from another init; :func:`peer_train_record`
-is what a checkpoint's ``peer_train`` meta holds.
+``supervised``); :func:`stage_init` where a stage's model starts; :func:`supervised_source` the preset's
+``supervised`` model (trained first when its checkpoint is missing); :func:`load_supervised_weights`
+copies it into the stage model's encoder + classifier; :func:`check_init` refuses a checkpoint trained
+from another init; :func:`peer_train_record` is what a checkpoint's ``peer_train`` meta holds.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ def peer_train_settings(cfg: Any) -> tuple[Any, Any]:
 
     peer = getattr(cfg, "peer_train", None) or PeerTrainConfig()
     return peer, _train_cfg(cfg, peer.train if peer.train is not None else cfg.supervised)
+
+
+def stage_init(cfg: Any, stage: str) -> str:
+    """Where the source model of a peer or TTT ``stage`` starts: ``"supervised"`` (the supervised
+    checkpoint is loaded first, also when the stage's own checkpoint exists) or ``"scratch"``. A method
+    with ``init_from_supervised`` (ReC-TTT) always starts from the supervised model; the others as
+    ``peer_train.init`` says."""
+    from testtime.methods import METHODS
+
+    if getattr(METHODS.get(stage), "init_from_supervised", False):
+        return "supervised"
+    return peer_train_settings(cfg)[0].init
 
 
 def peer_train_record(init: str, tcfg: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from testtime.train.peer_init import (
     load_supervised_weights,
     peer_train_record,
     peer_train_settings,
+    stage_init,
     supervised_source,
 )
 from testtime.train.trainer import fit
@@ -121,9 +122,9 @@ def train_peer_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str, head_
     cls = _method(stage)
     if head_config is None:
         head_config = peer_head_config(cfg, stage)
-    peer, tcfg = peer_train_settings(cfg)
+    tcfg = peer_train_settings(cfg)[1]
     from_sup = bool(getattr(cls, "init_from_supervised", False))  # ReC-TTT: always from the supervised model
-    init = "supervised" if from_sup else peer.init
+    init = stage_init(cfg, stage)
     if getattr(cfg, "threads", None):
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
