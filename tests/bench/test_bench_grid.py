@@ -173,6 +173,11 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
         assert bench.methods[m].candidates["lr"] == (2.5e-4, 2.5e-3, 2.5e-2, 2.5e-1), m
     assert bench.methods["cotta"].candidates["lr"] == (1e-4, 1e-3, 1e-2, 1e-1)
     assert len(bench.methods["cta"].candidates["lr"]) == 4
+    # at least 3 lr candidates for every chosen lr, so a choice at an edge is told apart (the summary flags it)
+    for label, spec in bench.methods.items():
+        if "lr" in spec.candidates:
+            assert len(spec.candidates["lr"]) >= 3, label
+    assert bench.methods["memo"].candidates["lr"] == (5e-4, 5e-3, 5e-2)  # MEMO's 5e-3 in the middle
 
 
 def test_method_settings_are_range_checked(tmp_path, capsys):
