@@ -20,17 +20,11 @@ import torch
 
 from testtime.models import create_model
 from testtime.models.heads import ProjectedClassifier, projector
+from testtime.train.checkpoint import cpu_model
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = f"{cpu_model()} (torch kernels {torch.backends.cpu.get_cpu_capability()})"
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "

@@ -49,6 +49,21 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
         run_stages(_cfg(), tmp_path, _split(), stages=("supervised",), log=None)
 
 
+def test_resume_written_on_other_cpu_kernels_is_refused(tmp_path):
+    """A .resume from a CPU whose torch kernels differ (another instruction set) is refused, not resumed
+    into weights that no uninterrupted run gives; the same kernels resume (the step-1 checkpoint is taken)."""
+    save_checkpoint(tmp_path / "supervised.resume", {"x": torch.zeros(1)}, {"threads": 1, "step": 1})
+    side_path = tmp_path / "supervised.resume.json"
+    side = json.loads(side_path.read_text())
+    here = str(torch.backends.cpu.get_cpu_capability())
+    assert side["environment"]["cpu_capability"] == here
+    other = "AVX512" if here != "AVX512" else "AVX2"
+    side["environment"]["cpu_capability"] = other
+    side_path.write_text(json.dumps(side))
+    with pytest.raises(ValueError, match=f"torch kernels are {other} and this one's are {here}"):
+        run_stages(_cfg(), tmp_path, _split(), stages=("supervised",), log=None)
+
+
 def test_preset_threads_overriding_omp_num_threads_is_said(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     msgs: list[str] = []

@@ -372,6 +372,8 @@ def test_environment_names_the_decoder_and_the_commit():
     env = environment()
     assert env["pillow"] == PIL.__version__
     assert env["torch"] == torch.__version__
+    assert env["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability())  # e.g. AVX2, AVX512
+    assert env["cpu_model"]  # /proc/cpuinfo's model name on Linux
     commit = env.get("git_commit")  # present when running from a git checkout (this test suite does)
     assert commit is None or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))
 

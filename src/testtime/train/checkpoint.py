@@ -81,13 +81,30 @@ def git_commit_of(here: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, str]:
     """Versions and machine written beside every checkpoint and result.
 
     Pillow is listed because it decodes the JPEG / PNG datasets (another decoder build can change
     decoded pixels), and the git commit (when the package runs from a checkout) because the version
     string does not change between commits: a model retrained in another environment is only
-    comparable bit for bit when all of these match.
+    comparable bit for bit when all of these match. So are the CPU and the instruction set that
+    torch's kernels dispatch to (``cpu_capability``: e.g. AVX2 or AVX512): the same command and
+    seed trained the cifar10-cpu preset's supervised model to 89.95 % on the machine of the 2026-12-02
+    rebuild and to 89.47 % on an AVX2-only AMD EPYC (docs/results.md, "A second supervised model"), because other
+    kernels round in another order and 18 epochs of SGD amplify the difference.
     """
     import PIL
 
@@ -101,6 +118,8 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_threads": str(torch.get_num_threads()),
+        "cpu_model": cpu_model(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
     }
     commit = git_commit_of(Path(__file__).resolve())
     if commit is not None:

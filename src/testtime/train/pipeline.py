@@ -143,6 +143,14 @@ def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSpli
                     f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
                     f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
                 )
+            isa = side.get("environment", {}).get("cpu_capability")
+            here = str(torch.backends.cpu.get_cpu_capability())
+            if isa and isa != here:
+                raise ValueError(
+                    f"{path}.safetensors was written on a CPU whose torch kernels are {isa} and this one's are "
+                    f"{here}: other kernels round differently, so resuming would give weights that match no "
+                    "uninterrupted run; finish it on a machine of that kind or delete the .resume files to restart"
+                )
 
 
 def check_run_dir(cfg: PipelineConfig, run_dir: str | Path, train: ImageSplit, stages: Sequence[str]) -> set[str]:
