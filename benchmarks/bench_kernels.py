@@ -56,7 +56,7 @@ def worker(preset: str, per_class: int, epochs: float, out: Path) -> None:
     from testtime.train.pipeline import load_data, run_stages
 
     cfg = load_config(preset, None, [f"data.train_per_class={per_class}", f"supervised.epochs={epochs}",
-                                     "supervised.checkpoint_every=0", "supervised.log_every=5"])
+                                     "supervised.checkpoint_every=0", "supervised.log_every=1"])
     data = load_data(cfg.data)
     images = hashlib.sha256(np.ascontiguousarray(data.train.images).tobytes()).hexdigest()
     t0 = time.perf_counter()

@@ -50,8 +50,8 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
 
 
 def test_resume_written_on_other_cpu_kernels_is_refused(tmp_path):
-    """A .resume from a CPU whose torch kernels differ (another instruction set) is refused, not resumed
-    into weights that no uninterrupted run gives; the same kernels resume (the step-1 checkpoint is taken)."""
+    """A .resume from a CPU whose torch kernels differ (another instruction set) is refused before any
+    training, not resumed into weights that no uninterrupted run gives."""
     save_checkpoint(tmp_path / "supervised.resume", {"x": torch.zeros(1)}, {"threads": 1, "step": 1})
     side_path = tmp_path / "supervised.resume.json"
     side = json.loads(side_path.read_text())

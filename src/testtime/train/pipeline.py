@@ -136,14 +136,15 @@ def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSpli
             raise ValueError(f"{path}.safetensors was trained with other settings: {what}{more}; "
                              "use another --run-dir or delete it to retrain")
         if path.name.endswith(".resume"):
-            then = int(old.get("threads", side.get("environment", {}).get("cpu_threads", 0)) or 0)
+            env = side.get("environment", {})
+            then = int(old.get("threads", env.get("cpu_threads", 0)) or 0)
             if then and then != torch.get_num_threads():
                 raise ValueError(
                     f"{path}.safetensors was written with {then} CPU threads and this run uses "
                     f"{torch.get_num_threads()}: resuming would give weights that match no uninterrupted run; "
                     f"set threads={then} (or OMP_NUM_THREADS={then}) or delete the .resume files to restart"
                 )
-            isa = side.get("environment", {}).get("cpu_capability")
+            isa = env.get("cpu_capability")
             here = str(torch.backends.cpu.get_cpu_capability())
             if isa and isa != here:
                 raise ValueError(
