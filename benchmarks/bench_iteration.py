@@ -57,11 +57,9 @@ from common import (
     images,
     interleaved,
     machine_line,
-    peak_rss_bytes,
-    reset_peak_rss,
-    rss_bytes,
 )
 
+from testtime.bench.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
 from testtime.losses import nt_xent
 from testtime.losses.entropy import softmax_entropy
 from testtime.methods import create_method

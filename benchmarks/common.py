@@ -80,34 +80,6 @@ def images(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's resident-set high-water mark (VmHWM) of this process to its current RSS.
-
-    (``ru_maxrss`` is not used: Linux carries it over from the parent across fork + exec.)
-    """
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes() -> int:
-    """The resident-set high-water mark (VmHWM) since the process started or the last reset."""
-    return _status_kib("VmHWM") * 1024
-
-
 def grid_args(ap: argparse.ArgumentParser) -> None:
     """The arguments of the scripts that read a bench grid's store: RUN_DIR and --config."""
     ap.add_argument("run_dir", type=Path)

@@ -9,9 +9,13 @@
   backward pass; each counts the images of the last forward pass run with gradients enabled (so a
   backward over MEMO's 32 views counts 32, SAR's two SAM passes count twice).
 - **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` over the cell (filled by
-  :func:`testtime.store.run_grid`); on CPU the growth of the process's peak resident set size
-  (``resource.getrusage(...).ru_maxrss``) during the cell, so 0 when the cell stayed below an earlier
-  peak of the same process: an upper bound on what the cell added, not its footprint.
+  :func:`testtime.store.run_grid`); on CPU the peak of the process's resident set during the cell
+  above its resident set at the start: the kernel's high-water mark (``VmHWM``) is reset to the
+  current RSS when the meter takes its snapshot (``/proc/self/clear_refs``, Linux 4.0+), so each cell
+  is measured on its own, not against an earlier cell's peak. Where that reset is not possible (not
+  Linux, or ``/proc`` not writable) it is None (printed as a dash), never a misleading 0. It counts
+  what the evaluation allocates (activations, gradients, optimizer state, augmented views, copies made
+  during the run); the model and data already resident before the snapshot are not in it.
 
 Example::
 
@@ -21,8 +25,7 @@ Example::
 
 from __future__ import annotations
 
-import resource
-import sys
+import os
 
 import torch
 from torch import nn
@@ -51,30 +54,57 @@ class CostMeter:
     def _on_backward(self, grad: torch.Tensor) -> None:
         self.backward_images += self._grad_batch
 
-    def snapshot(self) -> tuple[int, int, float]:
-        return self.forward_images, self.backward_images, max_rss_mb()
+    def snapshot(self) -> tuple[int, int, int | None]:
+        """Passes so far and the RSS (bytes) after resetting the high-water mark to it (None: no reset)."""
+        return self.forward_images, self.backward_images, rss_bytes() if reset_peak_rss() else None
 
-    def since(self, before: tuple[int, int, float], n_images: int, device: str = "cpu") -> dict[str, float | None]:
+    def since(self, before: tuple[int, int, int | None], n_images: int, device: str = "cpu") -> dict[str, float | None]:
         f0, b0, rss0 = before
         n = max(1, n_images)
+        cpu_peak = None if rss0 is None else max(0, peak_rss_bytes() - rss0) / 2**20
         return {
             "forward_per_image": (self.forward_images - f0) / n,
             "backward_per_image": (self.backward_images - b0) / n,
-            "peak_mem_mb": None if str(device).startswith("cuda") else max(0.0, max_rss_mb() - rss0),
+            "peak_mem_mb": None if str(device).startswith("cuda") else cpu_peak,
         }
 
 
-def max_rss_mb() -> float:
-    """The process's peak resident set size so far (MiB; ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+def rss_bytes() -> int:
+    """The current resident set size of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (``VmHWM``) of this process to its current RSS;
+    False where that is not possible (not Linux, ``/proc`` not writable).
+
+    (``getrusage().ru_maxrss`` cannot be reset, and Linux carries it over from the parent across
+    fork + exec, so a cell below an earlier peak would read 0.)
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """The resident-set high-water mark (``VmHWM``) since the process started or the last reset."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
 
 
 def evaluate_with_cost(method: nn.Module, domains, protocol, *, device: str = "cpu", channels: int = 3,
                        log=None):
     """:func:`testtime.bench.evaluate` and the cost of the run: ``(result, cost)`` where ``cost`` holds
-    ``images_per_s``, ``peak_mem_mb`` (CUDA: ``max_memory_allocated`` over the run; CPU: the max RSS
-    growth, see the module docstring), ``forward_per_image`` and ``backward_per_image`` (measured)."""
+    ``images_per_s``, ``peak_mem_mb`` (CUDA: ``max_memory_allocated`` over the run; CPU: the peak
+    RSS above the RSS at the start, see the module docstring), ``forward_per_image`` and
+    ``backward_per_image`` (measured)."""
     from testtime.bench.runner import evaluate
 
     meter = CostMeter(method, channels)
