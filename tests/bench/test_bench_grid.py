@@ -184,6 +184,11 @@ def test_method_settings_are_range_checked(tmp_path, capsys):
     assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "methods.bn.settings.momentum=2"]) == 2
     assert "methods.bn.settings.momentum must be >= 0 and <= 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    # a bad candidate is named as a candidate, not as a setting
+    bad = "methods.tent.candidates={lr: [1e-3, -1]}"
+    assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--set", bad]) == 2
+    assert "methods.tent.candidates.lr must be > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("sets,match", [

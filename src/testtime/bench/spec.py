@@ -159,13 +159,14 @@ def method_name(label: str, spec: MethodSpec) -> str:
     return METHODS.canonical(spec.method or label)
 
 
-def method_config(label: str, spec: MethodSpec, chosen: dict[str, Any] | None = None) -> Any:
+def method_config(label: str, spec: MethodSpec, chosen: dict[str, Any] | None = None,
+                  where: str = "settings") -> Any:
     """The method's typed Config: its defaults, ``settings``, then the chosen candidate values (type- and
-    range-checked, errors naming ``methods.<label>.settings.<field>``; ``steps: 0`` allowed)."""
+    range-checked, errors naming ``methods.<label>.<where>.<field>``; ``steps: 0`` allowed)."""
     from testtime.bench.grid import method_config as checked_config
 
     values = {**spec.settings, **(chosen or {})}
-    return checked_config(method_name(label, spec), values, where=f"methods.{label}.settings", zero_steps=True)
+    return checked_config(method_name(label, spec), values, where=f"methods.{label}.{where}", zero_steps=True)
 
 
 def candidate_sets(spec: MethodSpec) -> list[dict[str, Any]]:
@@ -185,8 +186,9 @@ def check_methods(bench: BenchConfig) -> None:
             method_name(label, spec)
         except KeyError as exc:
             raise ValueError(f"methods.{label}: {exc.args[0]} (or set methods.{label}.method)") from None
+        method_config(label, spec)  # the settings alone first, so an error names where the bad value is
         for cand in candidate_sets(spec):
-            method_config(label, spec, cand)
+            method_config(label, spec, cand, where="candidates")
         if any(k in spec.settings for k in spec.candidates):
             raise ValueError(f"methods.{label}: {sorted(set(spec.settings) & set(spec.candidates))} are both "
                              "settings and candidates")
