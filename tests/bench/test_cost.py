@@ -27,6 +27,20 @@ def test_cpu_peak_is_the_cells_own_not_bounded_by_an_earlier_peak():
 
 
 @linux
+def test_a_cell_reusing_freed_heap_memory_still_counts_it():
+    def touch_many():  # 60 MiB in 60 KiB tensors: below glibc's mmap threshold, from the heap
+        xs = [torch.ones(15 * 2**10) for _ in range(1024)]
+        for x in xs:
+            x.add_(1)
+
+    meter = cost.CostMeter(nn.Conv2d(3, 4, 3), channels=3)
+    touch_many()  # an earlier cell frees its heap memory; glibc would keep it in the resident set
+    before = meter.snapshot()
+    touch_many()
+    assert meter.since(before, n_images=1)["peak_mem_mb"] >= 45
+
+
+@linux
 def test_peak_rss_reset_goes_back_to_the_current_rss():
     x = torch.ones(100 * 2**20 // 4)
     x.add_(1)

@@ -12,8 +12,11 @@
   :func:`testtime.store.run_grid`); on CPU the peak of the process's resident set during the cell
   above its resident set at the start: the kernel's high-water mark (``VmHWM``) is reset to the
   current RSS when the meter takes its snapshot (``/proc/self/clear_refs``, Linux 4.0+), so each cell
-  is measured on its own, not against an earlier cell's peak. Where that reset is not possible (not
-  Linux, or ``/proc`` not writable) it is None (printed as a dash), never a misleading 0. It counts
+  is measured on its own, not against an earlier cell's peak; just before, freed heap memory is given
+  back to the system (glibc ``malloc_trim``), else a cell reusing what an earlier one freed would not
+  grow the resident set (measured: 60 MB of 60 KB tensors read 0.2 MB without the trim, 58 MB with
+  it). Where the reset is not possible (not Linux, or ``/proc`` not writable) it is None (printed as
+  a dash), never a misleading 0. It counts
   what the evaluation allocates (activations, gradients, optimizer state, augmented views, copies made
   during the run); the model and data already resident before the snapshot are not in it.
 
@@ -25,6 +28,8 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 import torch
@@ -76,18 +81,31 @@ def rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (``VmHWM``) of this process to its current RSS;
-    False where that is not possible (not Linux, ``/proc`` not writable).
+    """Give freed heap memory back to the system, then reset the kernel's resident-set high-water mark
+    (``VmHWM``) of this process to its current RSS; False where the reset is not possible (not Linux,
+    ``/proc`` not writable).
 
     (``getrusage().ru_maxrss`` cannot be reset, and Linux carries it over from the parent across
     fork + exec, so a cell below an earlier peak would read 0.)
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
         return False
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (gives freed heap pages back to the system), or None without glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def peak_rss_bytes() -> int:
