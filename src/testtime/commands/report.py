@@ -5,13 +5,16 @@ Examples::
     testtime report runs/cifar10-cpu                      # writes runs/cifar10-cpu/report/
     testtime report runs/cifar10-cpu --latex --ref cta    # also table<i>.tex; Δ row against cta
     testtime report runs/cifar10-cpu --no-plots --out /tmp/report
+    testtime report runs/cifar10-cpu --pair cotta-mt1,cotta-paper@reset-per-domain --pair tent@continual,bn
 
 Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
 of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
 not changed). First, when the store has them, the source models' clean accuracy (eval mode and
 test-batch BN, from the grid's ``models`` table; also ``models.csv``). Tables: corruptions as rows,
 methods as columns, a Mean row, a "Δ (ours − other)" row against ``--ref``, mean ± std over seeds;
-the protocol, backbone and hyperparameters above each.
+the protocol, backbone and hyperparameters above each. ``--pair A,B`` (repeatable; a side is LABEL
+or LABEL@PROTOCOL) adds A − B on the cells both measured (same seeds, so the same test images and
+corruption draws): mean ± std over seeds, per corruption, on how many corruptions A is above.
 """
 
 from __future__ import annotations
@@ -31,19 +34,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default="cta", help="reference column of the Δ (ours − other) row (default: cta)")
     p.add_argument("--latex", action="store_true", help="also write LaTeX tables (booktabs)")
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    p.add_argument("--pair", action="append", default=[], metavar="A,B",
+                   help="paired comparison A − B (each LABEL or LABEL@PROTOCOL); repeatable")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from testtime.report import load_run, write_report
+    from testtime.report.paired import parse_pair
 
     if not args.ref.strip():
         raise UserError("--ref: give a column name, e.g. cta")
+    try:
+        pairs = [parse_pair(p) for p in args.pair]
+    except ValueError as e:
+        raise UserError(str(e)) from None
     run_dir = Path(args.run_dir)
     with load_run(run_dir) as store:
-        files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
-                             latex=args.latex, plots=not args.no_plots, title=f"Results of {run_dir}")
+        try:
+            files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
+                                 latex=args.latex, plots=not args.no_plots, title=f"Results of {run_dir}",
+                                 pairs=pairs)
+        except ValueError as e:
+            if not str(e).startswith("--pair"):
+                raise
+            raise UserError(str(e)) from None
     if not args.quiet:
         print(files[0].read_text())
     print(f"wrote {len(files)} files to {files[0].parent} (report: {files[0]})")

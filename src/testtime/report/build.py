@@ -9,6 +9,8 @@
   every table (settings above it) and the plots;
 - ``models.csv`` when the store has model rows;
 - ``summary<i>.csv`` per summary table;
+- with ``pairs``, a paired comparison ``A − B`` per pair and severity (:mod:`testtime.report.paired`)
+  after the summaries, and ``pair<i>.csv`` for each;
 - ``table<i>.csv`` (and ``table<i>.tex`` with ``latex=True``) per table;
 - ``accuracy-table<i>.{png,svg}`` per table, ``iterations-<i>.{png,svg}`` per curve setting,
   ``severity-<i>.{png,svg}`` per setting measured at several severities.
@@ -25,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from testtime.report.models import models_csv, models_markdown
+from testtime.report.paired import Side, paired, paired_csv, paired_markdown
 from testtime.report.summary import build_summaries, summary_csv, summary_markdown
 from testtime.report.tables import build_tables, table_title, to_csv, to_latex, to_markdown
 from testtime.store.db import STORE_NAME, ResultStore
@@ -51,13 +54,19 @@ def load_run(run_dir: str | Path) -> ResultStore:
 
 
 def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | None = "cta", latex: bool = False,
-                 plots: bool = True, title: str = "Results") -> list[Path]:
-    """Write the tables (and plots) of ``store`` into ``out_dir``; returns the files written."""
+                 plots: bool = True, title: str = "Results", pairs: list[tuple[Side, Side]] = ()) -> list[Path]:
+    """Write the tables (and plots) of ``store`` into ``out_dir``; returns the files written.
+
+    ``pairs``: (A, B) sides to compare paired; a ValueError (before anything is written) when a pair has
+    no cells in common.
+    """
+    comparisons = [p for a, b in pairs for p in paired(store, a, b)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(store, reference=reference)
     written: list[Path] = []
-    md = [f"# {title}", "", *_models(store, out_dir, written), *_summaries(store, out_dir, written)]
+    md = [f"# {title}", "", *_models(store, out_dir, written), *_summaries(store, out_dir, written),
+          *_pairs(comparisons, out_dir, written)]
     if plots:
         from testtime.report import plots as P
     for i, t in enumerate(tables):
@@ -101,6 +110,16 @@ def _summaries(store: ResultStore, out_dir: Path, written: list[Path]) -> list[s
         path.write_text(summary_csv(s))
         written.append(path)
         md += [summary_markdown(s), f"CSV: [{path.name}]({path.name})", ""]
+    return md
+
+
+def _pairs(comparisons: list, out_dir: Path, written: list[Path]) -> list[str]:
+    md = []
+    for i, p in enumerate(comparisons):
+        path = out_dir / f"pair{i}.csv"
+        path.write_text(paired_csv(p))
+        written.append(path)
+        md += [paired_markdown(p), f"CSV: [{path.name}]({path.name})", ""]
     return md
 
 
