@@ -151,10 +151,13 @@ def test_cpu_bench_config_has_the_protocol_of_docs_benchmark_md():
     assert bench.corruptions == CORRUPTIONS_15 and bench.heldout == CORRUPTIONS_EXTRA
     assert bench.severities == (5, 3) and bench.eval_seeds == (0, 1, 2)
     assert source_config(bench).data.test_per_class == 200
-    assert len(pairs) * 15 * 2 * 3 == 2970
+    assert len(pairs) * 15 * 2 * 3 == 3150
     for m, protocols in (("tent-paper", {"continual"}), ("cotta-paper", {"continual", "reset-per-domain"})):
         assert {p for label, p in pairs if label == m} == protocols  # the papers' own lr, no held-out choice
         assert not bench.methods[m].candidates and not bench.methods[m].settings
+    # CoTTA without its augmentation averaging (item 6: where its gain comes from), both protocols, paper lr
+    assert {p for label, p in pairs if label == "cotta-ap0"} == {"continual", "reset-per-domain"}
+    assert bench.methods["cotta-ap0"].settings == {"ap": 0.0} and not bench.methods["cotta-ap0"].candidates
     for m in ("tent", "eata", "sar", "cotta"):
         assert {p for label, p in pairs if label == m} == {"reset-per-domain", "continual"}
         assert bench.methods[m].candidates["lr"]
