@@ -143,12 +143,13 @@ def paired(store: ResultStore, a: Side | str, b: Side | str) -> list[Paired]:
     """``a − b`` per (dataset, backbone, severity) where both have cells; ValueError if they never meet."""
     a = a if isinstance(a, Side) else parse_side(a)
     b = b if isinstance(b, Side) else parse_side(b)
-    labels = {c["label"] for c in store.cells()}
+    cells = store.cells()  # read once
+    labels = {c["label"] for c in cells}
     for side in (a, b):
         if side.label not in labels:
             raise ValueError(f"--pair: no label {side.label!r} in the store (labels: {', '.join(sorted(labels))})")
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for c in store.cells():
+    for c in cells:
         if c["label"] in (a.label, b.label):
             groups[(c["dataset"], c["backbone"], c["severity"])][c["label"]].append(c)
     out, why = [], []
