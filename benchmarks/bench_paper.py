@@ -1,8 +1,9 @@
-"""Per-step cost of the ``paper`` preset's work on this CPU, its FLOPs, and a GPU wall-time ESTIMATE.
+"""Per-step cost of the ``paper`` preset's work on this CPU or a GPU, its FLOPs, and its total wall time.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_paper.py [--arch resnet50] [--batch 16]
+    python benchmarks/bench_paper.py --device cuda --at-preset-batch --reps 5
 
 What is measured here (CPU): the wall time of one training step of every source-time stage
 (supervised CE, SimCLR, alignment, linear probe, joint Y model) and of one CTA test-time iteration,
@@ -12,7 +13,11 @@ the FLOP formulas of ``torch.utils.flop_counter`` (matmuls and convolutions, for
 1 multiply-add = 2 FLOPs) at 4 images and scaled linearly (the B x B similarity matrices of NT-Xent
 are a negligible quadratic term).
 
-What is NOT measured: any GPU figure. The GPU line is an estimate: the preset's total FLOPs divided
+With ``--device cuda`` the steps run on the GPU, each timing waits for the device before it starts
+and stops, and ``--at-preset-batch`` times every step at the preset's own batch (no scaling); the
+preset's wall time is then the sum of measured step times x steps (training and test-time steps and
+the evaluation forwards; data loading, corrupting the test set and checkpointing are not included).
+Without a GPU the GPU line is an estimate: the preset's total FLOPs divided
 by the FLOP rate that a published ResNet-50 training throughput implies (NVIDIA DeepLearningExamples,
 ResNet-50 v1.5 for PyTorch, 1x A100 80GB: 938 images/s in TF32, 2,470 in mixed precision; 4.1 G
 multiply-adds per 224x224 forward, x3 for forward + backward), i.e. achieved, not peak, rates.
@@ -26,7 +31,7 @@ import sys
 import time
 
 import torch
-from common import add_model_args, check_model_args, images, machine_line
+from common import add_model_args, check_model_args, images, machine_line, sync
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -49,17 +54,18 @@ RESNET50_IMAGENET_TRAIN_FLOPS = 3 * 2 * 4.1e9  # per image: forward 4.1 G multip
 A100_IMG_S = {"TF32": 938.0, "AMP": 2470.0}  # DeepLearningExamples ResNet-50 v1.5 PyTorch, 1x A100 80GB
 
 
-def objectives(arch: str) -> dict[str, object]:
+def objectives(arch: str, device: torch.device) -> dict[str, object]:
     torch.manual_seed(0)
-    sup = create_model(arch, 10)
+    sup = create_model(arch, 10).to(device)
     d = sup.feature_dim
-    g, pi = copy.deepcopy(sup.encoder), projector(d, identity=True)
+    g, pi = copy.deepcopy(sup.encoder), projector(d, identity=True).to(device)
     return {
         "supervised": SupervisedObjective(sup.encoder, sup.fc),
         "ssl": SimCLRObjective(copy.deepcopy(g), copy.deepcopy(pi), tau=0.01),
         "align": AlignObjective(g, pi, copy.deepcopy(sup.encoder), sup.fc),
-        "probe": LinearProbeObjective(nn.Sequential(copy.deepcopy(g), copy.deepcopy(pi)), nn.Linear(d, 10)),
-        "joint": JointObjective(copy.deepcopy(sup.encoder), copy.deepcopy(sup.fc), projector(d, identity=True)),
+        "probe": LinearProbeObjective(nn.Sequential(copy.deepcopy(g), copy.deepcopy(pi)), nn.Linear(d, 10).to(device)),
+        "joint": JointObjective(copy.deepcopy(sup.encoder), copy.deepcopy(sup.fc),
+                                projector(d, identity=True).to(device)),
     }
 
 
@@ -77,11 +83,11 @@ def train_step(obj):
     return run
 
 
-def cta_iteration(arch: str):
+def cta_iteration(arch: str, device: torch.device):
     """One CTA test-time iteration (views, forward of 2B views, NT-Xent, backward, Adam) on g, pi."""
     torch.manual_seed(0)
-    m = create_model(arch, 10)
-    g, pi = m.encoder.train().requires_grad_(True), projector(m.feature_dim, identity=True)
+    m = create_model(arch, 10).to(device)
+    g, pi = m.encoder.train().requires_grad_(True), projector(m.feature_dim, identity=True).to(device)
     use_batch_statistics(g)
     opt = torch.optim.Adam([*g.parameters(), *pi.parameters()], lr=1e-6)
     gen = torch.Generator().manual_seed(0)
@@ -123,13 +129,17 @@ def flops(run, *inputs) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, reps=1)
+    add_model_args(ap, reps=1, device=True)
+    ap.add_argument("--at-preset-batch", action="store_true",
+                    help="time every step at the preset's own batch (256 / 128) instead of --batch, scaled")
     ap.set_defaults(arch="resnet50", batch=16)
     args = ap.parse_args(argv)
     check_model_args(ap, args)
+    dev = args.device
     cfg = load_config("paper", None, [])
-    print(f"# bench_paper --arch {args.arch} --batch {args.batch} --reps {args.reps} --threads {args.threads}")
-    print(f"# start: {machine_line()}")
+    print(f"# bench_paper --arch {args.arch} --batch {args.batch} --reps {args.reps} --threads {args.threads} "
+          f"--device {dev}{' --at-preset-batch' if args.at_preset_batch else ''}")
+    print(f"# start: {machine_line(dev)}")
     t_start = time.perf_counter()
     n_train = 50_000 if cfg.data.train_per_class is None else 10 * cfg.data.train_per_class
     n_test = 10 * cfg.data.test_per_class
@@ -139,52 +149,69 @@ def main(argv: list[str] | None = None) -> int:
     stage_cfg = {"supervised": cfg.supervised, "ssl": cfg.ssl.train, "align": cfg.align.train,
                  "probe": cfg.probe.train, "joint": cfg.joint.train}
     work = []  # (label, per-step runner, steps in the preset, batch in the preset)
-    for name, obj in objectives(args.arch).items():
+    for name, obj in objectives(args.arch, dev).items():
         t = stage_cfg[name]
         work.append((f"train {name}", train_step(obj), int(t.epochs * (n_train // t.batch_size)), t.batch_size))
-    work.append((f"CTA iteration x {ttt_rows} rows", cta_iteration(args.arch),
+    work.append((f"CTA iteration x {ttt_rows} rows", cta_iteration(args.arch, dev),
                  ttt_rows * cfg.ttt.steps * test_batches, cfg.ttt.batch_size))
-    x, x4 = images(args.batch, args.size), images(4, args.size)
-    y, y4 = torch.arange(args.batch) % 10, torch.arange(4) % 10
+    x4, y4 = images(4, args.size, device=dev), torch.arange(4, device=dev) % 10
+
+    def timed(run, b: int) -> float:
+        """Fastest of --reps timings of ``run`` at ``b`` images (after one untimed run on CUDA)."""
+        x, y = images(b, args.size, device=dev), torch.arange(b, device=dev) % 10
+        if dev.type == "cuda":
+            run(x, y)
+        times = []
+        for _ in range(args.reps):
+            sync(dev)
+            t0 = time.perf_counter()
+            run(x, y)
+            sync(dev)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
     rows = []
     for label, run, steps, batch in work:
         f4 = flops(run, x4, y4)  # also the warm-up
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            run(x, y)
-            times.append(time.perf_counter() - t0)
-        sec = min(times) * batch / args.batch  # per step at the preset's batch (linear in the batch)
+        b = batch if args.at_preset_batch else args.batch
+        t = timed(run, b)
+        sec = t * batch / b  # per step at the preset's batch (linear in the batch when b differs)
         rows.append((label, steps, batch, sec, f4 * batch / 4))
-        print(f"  {label}: {min(times):.2f} s per step at batch {args.batch}", flush=True)
-    fwd = create_model(args.arch, 10).eval()
+        print(f"  {label}: {t:.4f} s per step at batch {b}", flush=True)
+    fwd = create_model(args.arch, 10).to(dev).eval()
     with torch.no_grad():
         fwd_flops = flops(fwd, x4) * cfg.ttt.batch_size / 4
+        b = cfg.ttt.batch_size if args.at_preset_batch else args.batch
+        fwd_sec = timed(lambda x, y: fwd(x), b) * cfg.ttt.batch_size / b
     # forward-only evaluation rows, plus CTA's two forwards per batch (pre-update logits, prediction)
     n_fwd = (fwd_rows + 2 * ttt_rows) * test_batches
     print(f"\n{args.arch} ({args.size}x{args.size}), preset 'paper': {n_train} training images, {n_test} test "
           f"images x {len(cfg.eval.corruptions)} corruptions, {test_batches} test batches of {cfg.ttt.batch_size}")
-    print("| work | steps in the preset | batch | CPU s / step (measured at batch "
-          f"{args.batch}, scaled) | TFLOP / step (counted) | total PFLOP | CPU total (days) |")
+    at = "the preset's batch" if args.at_preset_batch else f"batch {args.batch}, scaled"
+    where = dev.type.upper()
+    print(f"| work | steps in the preset | batch | {where} s / step (measured at {at}) | TFLOP / step (counted) | "
+          f"total PFLOP | {where} total (h) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     total_flops, total_cpu = 0.0, 0.0
     for label, steps, batch, sec, fl in rows:
         total_flops += steps * fl
         total_cpu += steps * sec
-        print(f"| {label} | {steps:,} | {batch} | {sec:.1f} | {fl / 1e12:.3f} | {steps * fl / 1e15:.1f} | "
-              f"{steps * sec / 86400:.1f} |")
+        print(f"| {label} | {steps:,} | {batch} | {sec:.4f} | {fl / 1e12:.3f} | {steps * fl / 1e15:.1f} | "
+              f"{steps * sec / 3600:.2f} |")
     total_flops += n_fwd * fwd_flops
-    print(f"| forward passes of the evaluation | {n_fwd:,} | {cfg.ttt.batch_size} | - | {fwd_flops / 1e12:.3f} | "
-          f"{n_fwd * fwd_flops / 1e15:.1f} | - |")
-    print(f"\ntotal {total_flops / 1e15:.0f} PFLOP; CPU (this machine, 1 thread, training + CTA iterations only): "
-          f"{total_cpu / 86400:.0f} days")
+    print(f"| forward passes of the evaluation | {n_fwd:,} | {cfg.ttt.batch_size} | {fwd_sec:.4f} | "
+          f"{fwd_flops / 1e12:.3f} | {n_fwd * fwd_flops / 1e15:.1f} | {n_fwd * fwd_sec / 3600:.2f} |")
+    total_sec = total_cpu + n_fwd * fwd_sec
+    print(f"\ntotal {total_flops / 1e15:.0f} PFLOP; {where} (this machine, {at}): steps x measured step times "
+          f"= {total_sec / 3600:.2f} h ({total_flops / total_sec / 1e12:.3g} TFLOP/s achieved); data loading, "
+          "corrupting the test set and checkpointing not included")
     print("ESTIMATE, not a measurement: GPU wall time = total FLOPs / achieved FLOP rate of published ResNet-50 "
           "training throughput")
     for prec, img_s in A100_IMG_S.items():
         rate = img_s * RESNET50_IMAGENET_TRAIN_FLOPS
         print(f"  1x A100 80GB, {prec}: {rate / 1e12:.1f} TFLOP/s achieved -> {total_flops / rate / 3600:.1f} h")
     print(f"wall time of this run {time.perf_counter() - t_start:.0f} s")
-    print(f"# end: {machine_line()}")
+    print(f"# end: {machine_line(dev)}")
     return 0
 
 

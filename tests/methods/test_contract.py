@@ -126,3 +126,17 @@ def test_listing_describes_every_method():
         cls = METHODS.get(n)
         assert cls.requirements.describe()
         assert cls.__doc__ and len(cls.__doc__) > 20
+
+
+def test_state_is_made_on_the_models_device(name):
+    """Declared state (buffers, memories, queues) is created where the model lives, so a method made
+    around a model already on the GPU runs there without a ``.to()``. Checked without a GPU on the
+    ``meta`` device (shapes only); tests/methods/test_contract_cuda.py runs the methods on CUDA."""
+    try:
+        m = _fast(name, _model(name).to("meta"))
+    except (RuntimeError, NotImplementedError) as e:
+        if "meta" not in str(e):
+            raise
+        pytest.skip(f"{name} reads tensor values when it is made ({e}); covered on CUDA only")
+    off = [k for k, v in m.state_dict().items() if torch.is_tensor(v) and v.device.type != "meta"]
+    assert not off, f"{name}: state made off the model's device: {off[:5]}"

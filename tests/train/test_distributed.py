@@ -55,10 +55,14 @@ def _forked_rank(local: int, out: Path, port: int, scenarios: list[str]) -> None
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory):
     """The single-process reference, then 2 ranks forked from this process (set up as torchrun would)
-    after it, so that they inherit its imports and warm-up (fast)."""
+    after it, so that they inherit its imports and warm-up (fast). Where CUDA is present, autograd has
+    device threads that a fork cannot carry (torch refuses the backward in the child), so the ranks are
+    launched by torchrun instead (slower, the same runs)."""
     ref = W.objective(bn=False)
     res = fit(ref, W.split(), W.CFG, None, "sup", log=None)
     out = tmp_path_factory.mktemp("ddp_plain")
+    if torch.cuda.is_available():
+        return _launch(out, "plain"), ref, res
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

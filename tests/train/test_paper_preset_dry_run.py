@@ -1,10 +1,10 @@
-"""A dry run of the ``paper`` preset's whole code path on CPU, shrunk with ``--set`` (no GPU here).
+"""A dry run of the ``paper`` preset's whole code path, shrunk with ``--set``: on CPU, and on CUDA where a GPU is.
 
 What runs is ``testtime cta --preset paper`` itself: the official CIFAR-10 binary layout (a tiny
 release written by the test), every source-time stage, the saved test-time bundle, the corruption
 of the test subset, and every evaluation row under the episodic protocol. Only sizes change (data,
-epochs, batch sizes, iterations, 3 of the 15 corruptions, a ResNet-8 for the ResNet-50) and the
-device (cuda -> cpu); every other setting is the preset's, and the test checks they reached the run.
+epochs, batch sizes, iterations, 3 of the 15 corruptions, a ResNet-8 for the ResNet-50) and, in
+the CPU run, the device (cuda -> cpu); every other setting is the preset's, and the test checks they reached the run.
 A ResNet-50 CTA bundle (the preset's backbone) takes one test-time step separately.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from testtime.commands.train import load_config
@@ -41,7 +42,6 @@ def write_cifar10_binary(root, per_class_train: int = 2, per_class_test: int = 3
 
 
 SHRINK = [
-    "device=cpu",
     "model.arch=resnet8",
     "data.test_per_class=1",
     "ttt.steps=2",
@@ -51,13 +51,19 @@ SHRINK = [
      for key in ("epochs=1", "batch_size=50", "warmup_epochs=0", "log_every=1000")]
 
 
-def test_paper_preset_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
+                                    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_paper_preset_runs_end_to_end_at_tiny_scale(tmp_path, capsys, device):
+    """On ``cpu`` here; on ``cuda`` (the preset's own device) where a GPU is present."""
     from testtime.cli import main
 
     write_cifar10_binary(tmp_path / "data", per_class_train=1)  # 50 training images: one batch per stage
     run = tmp_path / "run"
     args = ["cta", "--preset", "paper", "--run-dir", str(run), "--quiet", "--set", f"data.root={tmp_path / 'data'}"]
-    for s in SHRINK:
+    for s in [*SHRINK, f"device={device}"]:
         args += ["--set", s]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -72,7 +78,7 @@ def test_paper_preset_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     # the preset's own settings reached the run, only the sizes and the device changed
     paper = load_config("paper", None, [])
     cfg = json.loads((run / "config.json").read_text())["config"]
-    assert cfg["name"] == "paper" and cfg["data"]["dataset"] == "cifar10" and cfg["device"] == "cpu"
+    assert cfg["name"] == "paper" and cfg["data"]["dataset"] == "cifar10" and cfg["device"] == device
     assert cfg["ttt"]["lr"] == paper.ttt.lr == 1e-6 and cfg["ttt"]["protocol"] == "episodic"
     assert cfg["ssl"]["tau"] == 0.01 and cfg["align"]["weights"]["tau"] == 0.5
     assert cfg["supervised"]["lr"] == paper.supervised.lr and cfg["supervised"]["final_lr"] == paper.supervised.final_lr

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -185,9 +186,19 @@ class Method(nn.Module):
         self.snapshot()
 
     # ----- declared state -------------------------------------------------------------------
+    @property
+    def model_device(self) -> torch.device:
+        """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+        for t in itertools.chain(self.model.parameters(), self.model.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def register_state(self, name: str, value: torch.Tensor) -> None:
-        """Declare a tensor of adaptive state: saved by snapshot(), restored by reset()."""
-        self.register_buffer(name, value.clone(), persistent=True)
+        """Declare a tensor of adaptive state: saved by snapshot(), restored by reset().
+
+        It is placed on the model's device, so a method made around a model already on the GPU keeps
+        all its state there; ``.to()`` moves it later like any buffer."""
+        self.register_buffer(name, value.detach().clone().to(self.model_device), persistent=True)
 
     def snapshot(self) -> None:
         """Take the current model, declared state and optimiser state as the reset point."""

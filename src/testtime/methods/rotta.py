@@ -174,8 +174,9 @@ class RoTTA(Method):
         # Declared state: the teacher, the memory (images, pseudo-labels, entropies, ages; insertion
         # order) and the number of test images seen.
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.memory = GrowingState(data=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long),
-                                   unc=torch.zeros(0), age=torch.zeros(0, dtype=torch.long))
+        dev = self.model_device
+        self.memory = GrowingState(data=torch.zeros(0, device=dev), labels=torch.zeros(0, dtype=torch.long, device=dev),
+                                   unc=torch.zeros(0, device=dev), age=torch.zeros(0, dtype=torch.long, device=dev))
         self.register_state("seen", torch.zeros((), dtype=torch.long))
         self.updates = 0  # diagnostic, not state
 
