@@ -1,9 +1,9 @@
-"""Framework overhead of a test-time iteration, cost of reset, and peak test-time memory (CPU).
+"""Framework overhead of a test-time iteration, cost of reset, and peak test-time memory (CPU or CUDA).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_iteration.py [--arch resnet8] [--batch 128] [--reps 15]
-        [--checkpoint] [--cta-only]
+        [--checkpoint] [--cta-only] [--device cuda]
 
 ``--checkpoint`` adds CTA with ``checkpoint="stages"`` and ``checkpoint="blocks"`` (activation
 checkpointing of g's stages or residual blocks, :mod:`testtime.methods._checkpoint`) to the timing
@@ -37,6 +37,11 @@ follows the live tensor bytes instead of the allocator's reuse pattern (without 
 iterations and fragmentation moved the figures by up to 30%). Model weights are reported
 separately (parameters and buffers).
 The bare CTA and TENT updates are measured the same way, to show what the algorithms themselves need.
+
+With ``--device cuda`` models, images and views are on the GPU, every timing waits for the device
+before it starts and stops, and the memory figure of each child is the CUDA caching allocator's
+peak (``torch.cuda.max_memory_allocated``) during the step less what was allocated just before it:
+exact tensor bytes, no RSS.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from common import (
     images,
     interleaved,
     machine_line,
+    sync,
 )
 
 from testtime.bench.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
@@ -116,9 +122,10 @@ def bare_forward(model, x: torch.Tensor, batch_stats: bool):
 
 
 def timing(args) -> dict[str, float]:
-    x = images(args.batch, args.size)
-    bundle = cta_bundle(args.arch)
-    clf = classifier(args.arch)
+    dev = args.device
+    x = images(args.batch, args.size, device=dev)
+    bundle = cta_bundle(args.arch).to(dev)
+    clf = classifier(args.arch).to(dev)
     g = torch.Generator().manual_seed(1)
     v1, v2 = simclr_views(x, g, SimCLRViewsConfig())
     views = torch.cat([v1, v2])  # (2B, C, H, W), ready-made
@@ -153,7 +160,7 @@ def timing(args) -> dict[str, float]:
         "cta_reset": cta.reset,
     }
     if args.cta_only:
-        return _per_iteration(interleaved(fns, args.reps, warmup=1), args.cta_steps)
+        return _per_iteration(interleaved(fns, args.reps, warmup=1, device=dev), args.cta_steps)
     fns = {
         **fns,
         "tent_step": tent_step,
@@ -164,7 +171,7 @@ def timing(args) -> dict[str, float]:
         "bn": lambda: bn.step(x),
         "bare_fwd_bn": bare_forward(clf, x, batch_stats=True),
     }
-    t = _per_iteration(interleaved(fns, args.reps, warmup=1), args.cta_steps)
+    t = _per_iteration(interleaved(fns, args.reps, warmup=1, device=dev), args.cta_steps)
     t["tent_step"] -= t["tent_reset"]  # the timed step closure includes a reset: take it out again
     return t
 
@@ -179,10 +186,10 @@ def _per_iteration(t: dict[str, float], steps: int) -> dict[str, float]:
 
 
 def memory_child(args) -> None:
-    """Runs in a fresh process: peak RSS growth of one test-time batch of one method."""
-    name = args.memory_child
-    model = cta_bundle(args.arch) if "cta" in name else classifier(args.arch)
-    x = images(args.batch, args.size)
+    """Runs in a fresh process: peak memory growth (RSS, or CUDA allocator) of one test-time batch of one method."""
+    name, dev = args.memory_child, args.device
+    model = (cta_bundle(args.arch) if "cta" in name else classifier(args.arch)).to(dev)
+    x = images(args.batch, args.size, device=dev)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if name == "bare-cta":
         views = torch.cat(simclr_views(x, torch.Generator().manual_seed(1), SimCLRViewsConfig()))
@@ -200,10 +207,19 @@ def memory_child(args) -> None:
         def run():
             method.step(x)
 
-    reset_peak_rss()
-    before = rss_bytes()
-    run()
-    print(json.dumps({"method": name, "growth": peak_rss_bytes() - before, "weights": weights}))
+    if dev.type == "cuda":
+        sync(dev)
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        run()
+        sync(dev)
+        growth = torch.cuda.max_memory_allocated(dev) - before
+    else:
+        reset_peak_rss()
+        before = rss_bytes()
+        run()
+        growth = peak_rss_bytes() - before
+    print(json.dumps({"method": name, "growth": growth, "weights": weights}))
 
 
 def memory(args) -> dict[str, dict]:
@@ -211,7 +227,8 @@ def memory(args) -> dict[str, dict]:
     names = ("tent", "cta") if args.cta_only else ("source", "bn", "tent", "cta", "bare-tent", "bare-cta")
     for name in names + (tuple(f"cta-{m}" for m in CKPT_MODES) if args.checkpoint else ()):
         cmd = [sys.executable, __file__, "--memory-child", name, "--arch", args.arch, "--batch", str(args.batch),
-               "--size", str(args.size), "--cta-steps", str(args.cta_steps), "--threads", str(args.threads)]
+               "--size", str(args.size), "--cta-steps", str(args.cta_steps), "--threads", str(args.threads),
+               "--device", str(args.device)]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # large blocks go back to the OS when freed
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[name] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -220,7 +237,7 @@ def memory(args) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(ap, reps=15)
+    add_model_args(ap, reps=15, device=True)
     ap.add_argument("--cta-steps", type=int, default=4, help="iterations per timed CTA adapt")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--checkpoint", action="store_true", help='also CTA with checkpoint="stages" and "blocks"')
@@ -235,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"# bench_iteration --arch {args.arch} --batch {args.batch} --size {args.size} --reps {args.reps} "
           f"--cta-steps {args.cta_steps}{' --checkpoint' if args.checkpoint else ''}"
-          f"{' --cta-only' if args.cta_only else ''}")
-    print(f"# start: {machine_line()}")
+          f"{' --cta-only' if args.cta_only else ''} --device {args.device}")
+    print(f"# start: {machine_line(args.device)}")
     t = timing(args)
     ms = {k: 1e3 * v for k, v in t.items()}
     views = ms["views"]
@@ -274,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_memory:
         mem = memory(args)
         mib = 1 / 2**20
-        print("\n| method | weights (MiB) | peak RSS growth in one batch (MiB) | weights + growth (MiB) |")
+        what = "CUDA allocator peak" if args.device.type == "cuda" else "peak RSS"
+        print(f"\n| method | weights (MiB) | {what} growth in one batch (MiB) | weights + growth (MiB) |")
         print("|---|---:|---:|---:|")
         for name, m in mem.items():
             print(f"| {name} | {m['weights'] * mib:.1f} | {m['growth'] * mib:.1f} | "
@@ -291,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(target <= 1.2x: {'met' if r2 <= 1.2 else 'not met'})")
         if "bare-cta" in mem:
             print(f"bare updates alone: {mem['bare-cta']['growth'] / mem['bare-tent']['growth']:.2f}x")
-    print(f"# end: {machine_line()}")
+    print(f"# end: {machine_line(args.device)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 # The device checks, on a machine with a CUDA GPU (docs/performance.md, "On one GPU (H200)"):
 #   1. the GPU-marked tests (CPU-vs-CUDA corruption parity, every registered method on CUDA against
 #      the CPU, the paper preset's dry run on CUDA) and the CUDA-conditional ones;
-#   2. test-time throughput of 4 backbones on the GPU; 3. the paper preset's step times on the GPU;
+#   2. test-time throughput of 4 backbones, and iteration overhead / reset / memory of 2, on the GPU; 3. the paper preset's step times on the GPU;
 #   4. the default suite with CUDA present.
 # Needs: the package importable (PYTHONPATH=src or installed), pytest + pytest-xdist, the
 # imagecorruptions wheel (frost), and $TESTTIME_CIFAR10_JPEG (a copy with at least 4 test images per
@@ -24,6 +24,8 @@ $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_che
   echo "== 2. test-time throughput (batch 128, 32 px)"
   for a in airbench resnet8 resnet20; do $PY benchmarks/bench_throughput.py --arch $a --device cuda --reps 10 --threads 4; done
   $PY benchmarks/bench_throughput.py --arch resnet50 --device cuda --reps 5 --threads 4
+  echo "== 2b. iteration overhead, reset, peak memory (targets 1-3) on the GPU"
+  for a in airbench resnet50; do $PY benchmarks/bench_iteration.py --arch $a --device cuda --reps 10 --threads 4; done
   echo "== 3. the paper preset's step times (ResNet-50, at the preset's batch sizes)"
   $PY benchmarks/bench_paper.py --device cuda --at-preset-batch --reps 5 --threads 4
   echo "== 4. the default suite with CUDA present"
