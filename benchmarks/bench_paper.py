@@ -192,16 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| work | steps in the preset | batch | {where} s / step (measured at {at}) | TFLOP / step (counted) | "
           f"total PFLOP | {where} total (h) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    total_flops, total_cpu = 0.0, 0.0
+    total_flops, total_steps_sec = 0.0, 0.0
     for label, steps, batch, sec, fl in rows:
         total_flops += steps * fl
-        total_cpu += steps * sec
+        total_steps_sec += steps * sec
         print(f"| {label} | {steps:,} | {batch} | {sec:.4f} | {fl / 1e12:.3f} | {steps * fl / 1e15:.1f} | "
               f"{steps * sec / 3600:.2f} |")
     total_flops += n_fwd * fwd_flops
     print(f"| forward passes of the evaluation | {n_fwd:,} | {cfg.ttt.batch_size} | {fwd_sec:.4f} | "
           f"{fwd_flops / 1e12:.3f} | {n_fwd * fwd_flops / 1e15:.1f} | {n_fwd * fwd_sec / 3600:.2f} |")
-    total_sec = total_cpu + n_fwd * fwd_sec
+    total_sec = total_steps_sec + n_fwd * fwd_sec
     print(f"\ntotal {total_flops / 1e15:.0f} PFLOP; {where} (this machine, {at}): steps x measured step times "
           f"= {total_sec / 3600:.2f} h ({total_flops / total_sec / 1e12:.3g} TFLOP/s achieved); data loading, "
           "corrupting the test set and checkpointing not included")
