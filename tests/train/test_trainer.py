@@ -26,6 +26,7 @@ from testtime.train import (
     lr_at,
     save_modules,
 )
+from testtime.train.trainer import recipe
 
 
 def _split(n=96, seed=0, size=16):
@@ -235,6 +236,27 @@ def test_final_checkpoint_of_another_config_is_refused(tmp_path):
     other = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.5, checkpoint_every=3, log_every=100)
     with pytest.raises(ValueError, match="another train config"):
         fit(_sup_objective(), data, other, tmp_path, "s", log=None)
+
+
+def test_final_checkpoint_of_another_device_is_reused(tmp_path):
+    """Where a run goes is not what it trains: a checkpoint written under device=cuda (its sidecar's
+    train_config says so) loads on the CPU with no step and its weights; another recipe is still refused."""
+    data = _split()
+    first = _sup_objective()
+    fit(first, data, CFG, tmp_path, "s", log=None)
+    path = tmp_path / "s.json"
+    side, meta = _sidecar_meta(path)
+    assert meta["train_config"]["device"] == "cpu"
+    meta["train_config"]["device"] = "cuda"
+    path.write_text(json.dumps(side))
+    obj = _sup_objective(seed=1)
+    assert fit(obj, data, CFG, tmp_path, "s", log=None).steps == 0
+    before, after = _weights(first.modules), _weights(obj.modules)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    nested = {"lr": 0.1, "device": "cuda", "inner": {"device": "cpu", "seed": 1}}
+    assert recipe(nested) == {"lr": 0.1, "inner": {"seed": 1}}
+    with pytest.raises(ValueError, match="trained with another train config"):
+        fit(_sup_objective(), data, TrainConfig(**{**CFG.__dict__, "lr": CFG.lr * 2}), tmp_path, "s", log=None)
 
 
 def _sidecar_meta(path):

@@ -147,6 +147,23 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def recipe(config: Any) -> Any:
+    """A stored or current training config as the recipe a checkpoint is checked against: the
+    later-added fields at their old value left out (:func:`testtime.config.core.strip_later_fields`)
+    and every ``device`` key dropped, so a model trained on the CPU loads (or resumes) under
+    ``device=cuda`` and the reverse: where a run goes is not what it trains."""
+    from testtime.config.core import strip_later_fields  # here: testtime.config imports this module
+
+    def drop(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k != "device"}
+        if isinstance(value, list):
+            return [drop(v) for v in value]
+        return value
+
+    return drop(strip_later_fields(_jsonable(config)))
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of one training step: a function of (seed, step) only."""
     s = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, dtype=np.uint64)[0])
@@ -278,7 +295,7 @@ def fit(
     Returns:
         :class:`FitResult` (history of logged steps).
     """
-    from testtime.config.core import identity_dict, strip_later_fields  # here: testtime.config imports this module
+    from testtime.config.core import identity_dict  # here: testtime.config imports this module
 
     if len(data) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(data)} images)")
@@ -308,7 +325,7 @@ def fit(
     if final is not None and resume and checkpoint_exists(final):
         tensors, fmeta = load_checkpoint(final)
         for key in ("train_config", "stage_config"):
-            if key in fmeta and strip_later_fields(fmeta.get(key)) != strip_later_fields(_jsonable(meta.get(key))):
+            if key in fmeta and recipe(fmeta.get(key)) != recipe(meta.get(key)):
                 raise ValueError(
                     f"{final}.safetensors was trained with another {key.replace('_', ' ')}; "
                     "use another --run-dir or delete it to retrain"
@@ -336,7 +353,7 @@ def fit(
     history: list[dict[str, float]] = []
     if resume_path is not None and resume and checkpoint_exists(resume_path):
         tensors, rmeta = load_checkpoint(resume_path)
-        if strip_later_fields(rmeta.get("train_config")) != strip_later_fields(_jsonable(meta["train_config"])):
+        if recipe(rmeta.get("train_config")) != recipe(meta["train_config"]):
             raise ValueError(
                 f"{resume_path}.json was written with another training config; delete it to restart "
                 "or run with the same settings"
