@@ -11,6 +11,7 @@ import pytest
 from testtime.bench.cells import BenchRun
 from testtime.cli import main
 from testtime.store import ResultStore
+from testtime.train.checkpoint import device_description
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) missing")
@@ -52,6 +53,7 @@ def test_grid_has_every_cell_with_its_cost_and_heldout_choice(reference):
     for r in rows:  # TENT: one forward and one backward pass per image, measured by hooks
         assert r["forward_per_image"] == 1.0 and r["backward_per_image"] == 1.0
         assert r["wall_s"] > 0 and r["images_per_s"] > 0 and r["peak_mem_mb"] is not None
+        assert r["device"] == device_description("cpu")  # where it was measured, beside the result
     for r in ResultStore.open(reference).cells(label="source"):
         assert r["forward_per_image"] == 1.0 and r["backward_per_image"] == 0.0
     assert (reference / "grid.log").read_text().count("done:") == 16

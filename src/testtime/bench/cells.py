@@ -34,6 +34,7 @@ from testtime.bench.runner import run_batches
 from testtime.bench.spec import BenchConfig, MethodSpec, method_config, method_name, source_config
 from testtime.config import PeerTrainConfig, check_runnable, config_to_dict, identity_dict
 from testtime.methods import METHODS, create_method
+from testtime.train.checkpoint import device_description
 from testtime.train.peer_stages import PEER_STAGES
 from testtime.train.ttt_stages import AUX_STAGES
 
@@ -183,11 +184,13 @@ class BenchRun:
         sev, seed = cell["severity"], cell["seed"]
         chosen = {k: v for k, v in cell["hparams"].items() if k not in self.bench.methods[label].settings}
         if protocol == "continual":
-            return self._continual_cell(label, chosen, corr, sev, seed)
-        method, meter = self.method(label, chosen, protocol)
-        proto = self.protocol(label, protocol, seed)
-        return self._measure(method, meter, proto.stream([self.domain(corr, sev, seed)]), f"{label} {corr}",
-                             proto.order)
+            out = self._continual_cell(label, chosen, corr, sev, seed)
+        else:
+            method, meter = self.method(label, chosen, protocol)
+            proto = self.protocol(label, protocol, seed)
+            out = self._measure(method, meter, proto.stream([self.domain(corr, sev, seed)]), f"{label} {corr}",
+                                proto.order)
+        return {**out, "device": device_description(self.device)}
 
     def _measure(self, method, meter, batches, desc: str, order) -> dict[str, Any]:
         before = meter.snapshot()

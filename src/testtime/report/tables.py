@@ -22,7 +22,8 @@ import csv
 import io
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,7 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
         t = Table(dataset, backbone, protocol, severity, reference)
         t.corruptions = corruption_order(sorted({r["corruption"] for r in rows}))
         col_of: dict[tuple[str, str], int] = {}
+        devices: dict[int, Counter] = defaultdict(Counter)  # column -> where its cells were measured (None: unknown)
         variants: dict[str, list[str]] = defaultdict(list)
         for r in rows:
             key = (r["label"], canonical_json(r["hparams"]))
@@ -140,6 +142,7 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
             for k in COST:
                 if r[k] is not None:
                     t.cost.setdefault((ci, k), []).append(r[k])
+            devices[ci][r.get("device")] += 1
         for (label, hp), ci in col_of.items():
             if len(variants[label]) > 1:
                 c = t.columns[ci]
@@ -154,10 +157,24 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
             if partial:
                 t.notes.append(f"{t.columns[ci].header}: seed(s) {', '.join(map(str, partial))} lack some corruptions "
                                "(left out of Mean)")
+        t.notes += device_notes(t, devices)
         if reference and t.reference_index() is None:
             t.notes.append(f"reference column {reference!r} is not in this table: no Δ row")
         tables.append(t)
     return tables
+
+
+def device_notes(t: Table, devices: Mapping[int, Counter]) -> list[str]:
+    """Where the cells of a table measured on more than one device came from: a note per column with a
+    recorded device (cells stored before the store kept it count as "not recorded")."""
+    if len({d for c in devices.values() for d in c}) < 2:
+        return []
+    out = []
+    for ci, count in sorted(devices.items()):
+        if any(d is not None for d in count):
+            where = ", ".join(f"{d or 'not recorded'} ({n} cells)" for d, n in count.most_common())
+            out.append(f"{t.columns[ci].header}: measured on {where}")
+    return out
 
 
 def table_title(t: Table) -> str:

@@ -11,7 +11,10 @@ Tables (schema version :data:`SCHEMA_VERSION`; documented in ``docs/benchmark.md
 - ``cells``: identity columns (``method``, ``label``, ``corruption``, ``severity``, ``seed``,
   ``protocol``, ``backbone``, ``dataset``, ``hparams`` JSON, ``config`` JSON), the result
   (``accuracy`` in %, ``n_images``) and the cost (``wall_s``, ``images_per_s``, ``peak_mem_mb``,
-  ``forward_per_image``, ``backward_per_image``; NULL when not measured);
+  ``forward_per_image``, ``backward_per_image``; NULL when not measured) and ``device``, where it was
+  measured (e.g. ``cpu (AMD EPYC, AVX512, 2 threads)``, ``cuda (NVIDIA H200)``; not part of the key:
+  the same cell measured elsewhere has the same key. Stores written before the column get it, without
+  a version change, from their first write; their earlier cells read NULL);
 - ``curves``: the same identity columns and ``accuracies``, a JSON list of accuracy (%) after
   0, 1, ... test-time iterations (the CTA paper's Fig. 3);
 - ``models``: the clean accuracy of each source model a grid used: ``kind``, ``backbone``,
@@ -49,6 +52,7 @@ STORE_NAME = "results.sqlite"
 
 IDENTITY = ("method", "label", "corruption", "severity", "seed", "protocol", "backbone", "dataset", "hparams")
 COST = ("wall_s", "images_per_s", "peak_mem_mb", "forward_per_image", "backward_per_image")
+PROVENANCE = ("device",)  # where a cell was measured: stored beside its result, not part of its key
 REQUIRED = ("method", "corruption", "severity", "seed", "protocol", "backbone")
 
 _IDENTITY_SQL = """
@@ -74,7 +78,8 @@ CREATE TABLE IF NOT EXISTS cells ({_IDENTITY_SQL},
     images_per_s REAL,
     peak_mem_mb REAL,
     forward_per_image REAL,
-    backward_per_image REAL
+    backward_per_image REAL,
+    device TEXT
 );
 CREATE TABLE IF NOT EXISTS curves ({_IDENTITY_SQL},
     accuracies TEXT NOT NULL
@@ -257,9 +262,10 @@ class ResultStore:
 
         ``row`` holds the identity fields (``method``, ``corruption``, ``severity``, ``seed``,
         ``protocol``, ``backbone``; optional ``label``, ``dataset``, ``hparams``, ``config``), the
-        ``accuracy`` (%) and optionally ``n_images`` and the cost fields :data:`COST`.
+        ``accuracy`` (%) and optionally ``n_images``, the cost fields :data:`COST` and ``device``.
         """
         values = self._cell_values(row)
+        self._add_provenance()
         with self.conn:
             self._insert("cells", values, replace=True)
         return values["key"]
@@ -291,6 +297,7 @@ class ResultStore:
         """
         cells = [self._cell_values(r) for r in rows]
         curve_values = [_curve_values(c) for c in curves]
+        self._add_provenance()
         with self.conn:
             for v in cells:
                 self._insert("cells", v, replace=replace)
@@ -308,6 +315,7 @@ class ResultStore:
             curves = [dict(r) for r in src.conn.execute("SELECT * FROM curves")]
             models = [dict(r) for r in src.conn.execute("SELECT * FROM models")] if src._has_models() else []
         before = self.count()
+        self._add_provenance()
         if models:
             self.conn.execute(_MODELS_SQL)
         with self.conn:
@@ -327,7 +335,19 @@ class ResultStore:
         values["n_images"] = None if row.get("n_images") is None else int(row["n_images"])
         for k in COST:
             values[k] = _finite(k, row.get(k))
+        values["device"] = None if row.get("device") is None else str(row["device"])
         return values
+
+    def _add_provenance(self) -> None:
+        """Give a store written before the :data:`PROVENANCE` columns those columns (NULL in its cells)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
+        for col in PROVENANCE:
+            if col not in have:
+                try:
+                    self.conn.execute(f"ALTER TABLE cells ADD COLUMN {col} TEXT")
+                except sqlite3.OperationalError as exc:  # a shard sharing the store added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> None:
         cols = ", ".join(values)

@@ -33,9 +33,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from testtime.store.db import COST, ResultStore, cell_key
+from testtime.store.db import COST, PROVENANCE, ResultStore, cell_key
 
-RESULT_FIELDS = ("accuracy", "n_images", "curve", *COST)
+RESULT_FIELDS = ("accuracy", "n_images", "curve", *COST, *PROVENANCE)
 LOG_NAME = "grid.log"
 
 
@@ -90,7 +90,8 @@ def run_grid(
     cost fields (``wall_s``, ``images_per_s``, ``peak_mem_mb``, ``forward_per_image``,
     ``backward_per_image``; when missing, ``wall_s`` is measured here, ``images_per_s`` derived from
     ``n_images`` and, on CUDA, ``peak_mem_mb`` read from ``torch.cuda.max_memory_allocated`` over
-    the cell; passes per image only the caller can count) and ``curve`` (accuracy after
+    the cell; passes per image only the caller can count), ``device`` (where it was measured,
+    :func:`testtime.train.checkpoint.device_description`) and ``curve`` (accuracy after
     0..K iterations, stored in the curves table). ``log_path`` defaults to ``grid.log`` beside the
     store. All cells are checked (fields, duplicate keys) before any is evaluated.
     """

@@ -94,6 +94,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_description(device: str | torch.device = "cpu") -> str:
+    """Where a measurement runs, as a results store keeps it beside a cell: ``cpu (<model>, <ISA>,
+    <n> threads)`` (the instruction set torch dispatches to and its threads change the rounding, see
+    :func:`environment`) or ``cuda (<GPU name>)``; another device type by its name."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
+
+
 def environment() -> dict[str, str]:
     """Versions and machine written beside every checkpoint and result.
 
