@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from testtime.config import config_to_dict
 from testtime.data.split import ImageSplit
 from testtime.methods import create_method
 from testtime.train.pipeline import PipelineConfig, config_from_dict
@@ -38,6 +41,30 @@ def test_stage_trains_saves_and_reloads(tmp_path, stage):
     assert torch.equal(reloaded.fc.weight, model.fc.weight)
     out = create_method(stage, again, steps=1)(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("stage", ["ttt", "ttt++"])
+def test_a_checkpoint_of_other_settings_is_refused_and_one_of_another_device_is_reused(tmp_path, stage):
+    """A stored ttt / ttt++ model is reused only for the settings it was trained with (its aux-stage
+    config, training schedule, seed, ...); the device it was trained on does not count."""
+    aux = AuxStageConfig(stats_batch_size=16)
+    model = train_aux_stage(_cfg(), tmp_path, _split(), stage, aux, log=None)
+    with pytest.raises(ValueError, match="trained with another aux stage config"):
+        train_aux_stage(_cfg(), tmp_path, _split(), stage, AuxStageConfig(stats_batch_size=16, rotation_weight=0.5),
+                        log=None)
+    longer = config_from_dict(PipelineConfig, {"supervised": {"epochs": 2, "batch_size": 16, "warmup_epochs": 0,
+                                                              "log_every": 100}})
+    with pytest.raises(ValueError, match="trained with another peer train"):
+        train_aux_stage(longer, tmp_path, _split(), stage, aux, log=None)
+    with pytest.raises(ValueError, match="trained with another (peer train|seed)"):
+        train_aux_stage(config_from_dict(PipelineConfig, {**config_to_dict(_cfg()), "seed": 1}), tmp_path, _split(),
+                        stage, aux, log=None)
+    side_path = tmp_path / f"{stage}.json"
+    side = json.loads(side_path.read_text())
+    side["meta"]["peer_train"]["train"]["device"] = "cuda"  # as if trained on a GPU
+    side_path.write_text(json.dumps(side))
+    reloaded = train_aux_stage(_cfg(), tmp_path, _split(), stage, aux, log=None)
+    assert torch.equal(reloaded.fc.weight, model.fc.weight)
 
 
 def test_rotation_objective_expand_and_rand():

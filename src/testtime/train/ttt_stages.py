@@ -55,7 +55,7 @@ from testtime.train.peer_init import (
     peer_train_settings,
     supervised_source,
 )
-from testtime.train.trainer import fit
+from testtime.train.trainer import fit, recipe
 from testtime.transforms.rotation import rotate_expand, rotate_random
 from testtime.transforms.views import CropFlipConfig, SimCLRViewsConfig, crop_flip
 
@@ -144,6 +144,21 @@ def build_aux_model(arch: str, num_classes: int, task: str, *, in_chans: int = 3
     return with_aux_head(base, task, proj_dim=proj_dim, in_chans=in_chans)
 
 
+# the fields of a ttt / ttt++ checkpoint's meta that say what was trained (not "pipeline", the preset's name)
+RECIPE_FIELDS = ("task", "arch", "norm", "num_classes", "in_chans", "aux_stage_config", "peer_train", "seed")
+
+
+def check_same_recipe(path: str | Path, meta: dict[str, Any]) -> None:
+    """Refuse to reuse the checkpoint at ``path`` when it was trained with other settings than ``meta``
+    (:data:`RECIPE_FIELDS`, compared as :func:`testtime.train.trainer.recipe`: without the device, so a
+    model trained on the CPU loads under ``device=cuda``); a field the checkpoint lacks is not compared."""
+    old = read_meta(path).get("meta", {})
+    for key in RECIPE_FIELDS:
+        if key in old and recipe(old[key]) != recipe(meta.get(key)):
+            raise ValueError(f"{path}.safetensors was trained with another {key.replace('_', ' ')} "
+                             f"({old[key]!r}, now {meta.get(key)!r}); use another --run-dir or delete it to retrain")
+
+
 def load_aux_model(path: str | Path, device: str | torch.device = "cpu") -> AuxHeadModel:
     """Rebuild and load a ``ttt`` / ``ttt++`` model saved by :func:`train_aux_stage` (sha256 checked)."""
     side = read_meta(path)
@@ -193,6 +208,7 @@ def train_aux_stage(cfg: Any, run_dir: str | Path, data: Any, stage: str,
     check_init(run_dir, (stage,) if stage == "ttt" else ("ttt++", "ttt++-joint"), peer.init, "scratch")
     final = run_dir / stage
     if checkpoint_exists(final):
+        check_same_recipe(final, meta)
         if log:
             log(f"[{stage}] model checkpoint exists, loading {final}.safetensors (delete it to retrain)")
         return load_aux_model(final, cfg.device)
