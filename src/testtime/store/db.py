@@ -43,7 +43,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -305,14 +305,17 @@ class ResultStore:
                 self._insert("curves", v, replace=replace)
         return len(cells) + len(curve_values)
 
-    def merge_from(self, other: str | Path) -> int:
+    def merge_from(self, other: str | Path, keep: Callable[[Mapping[str, Any]], bool] | None = None) -> int:
         """Copy the cells, curves and model rows of another store (e.g. a shard run elsewhere) not already here.
 
-        Returns the number of cells added.
+        ``keep(row)`` (given a cell's or curve's stored columns, e.g. ``row["label"]``, ``row["seed"]``)
+        chooses which cells and curves to copy (default: all). Returns the number of cells added.
         """
         with ResultStore.copy_to_memory(other) as src:
             rows = [dict(r) for r in src.conn.execute("SELECT * FROM cells")]
             curves = [dict(r) for r in src.conn.execute("SELECT * FROM curves")]
+            if keep is not None:
+                rows, curves = [r for r in rows if keep(r)], [c for c in curves if keep(c)]
             models = [dict(r) for r in src.conn.execute("SELECT * FROM models")] if src._has_models() else []
         before = self.count()
         self._add_provenance()
