@@ -59,6 +59,7 @@ class BenchRun:
         self.bench, self.run_dir, self.log, self.progress = bench, Path(run_dir), log, progress
         self.cfg = source_config(bench)
         self.device = self.cfg.device
+        self.device_label = device_description(self.device)  # stored beside every cell (read once)
         # the grid's corruptions, as the source config's evaluation would see them: checked on this machine
         # (device) and, once the data is read, against the image size (parameter set), before any training
         grid_eval = dataclasses.replace(self.cfg.eval, corruptions=bench.corruptions, heldout=bench.heldout)
@@ -190,7 +191,7 @@ class BenchRun:
             proto = self.protocol(label, protocol, seed)
             out = self._measure(method, meter, proto.stream([self.domain(corr, sev, seed)]), f"{label} {corr}",
                                 proto.order)
-        return {**out, "device": device_description(self.device)}
+        return {**out, "device": self.device_label}
 
     def _measure(self, method, meter, batches, desc: str, order) -> dict[str, Any]:
         before = meter.snapshot()

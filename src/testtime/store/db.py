@@ -204,6 +204,7 @@ class ResultStore:
     def __init__(self, conn: sqlite3.Connection, path: Path | None) -> None:
         self.conn = conn
         self.path = path
+        self._has_provenance = False  # cells.device checked (and added when missing) on the first write
         conn.row_factory = sqlite3.Row
 
     # ----- opening ------------------------------------------------------------------------
@@ -342,7 +343,10 @@ class ResultStore:
         return values
 
     def _add_provenance(self) -> None:
-        """Give a store written before the :data:`PROVENANCE` columns those columns (NULL in its cells)."""
+        """Give a store written before the :data:`PROVENANCE` columns those columns (NULL in its cells);
+        checked once per open store, not at every write."""
+        if self._has_provenance:
+            return
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
         for col in PROVENANCE:
             if col not in have:
@@ -351,6 +355,7 @@ class ResultStore:
                 except sqlite3.OperationalError as exc:  # a shard sharing the store added it just now
                     if "duplicate column" not in str(exc):
                         raise
+        self._has_provenance = True
 
     def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> None:
         cols = ", ".join(values)
