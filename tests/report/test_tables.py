@@ -100,4 +100,11 @@ def test_seed_missing_a_corruption_is_left_out_of_the_mean():
     rows = md_rows(to_markdown(t5))
     assert rows["fog"][0] == "64.00 ± 22.54"  # (50, 52, 90)
     assert rows["Mean"][0] == "36.00 ± 1.41"  # seeds 0 and 1 only
-    assert "Note: source: seed(s) 2 lack some corruptions (left out of Mean)" in to_markdown(t5)
+    assert "Note: source: seed 2 lacks gaussian_noise (left out of Mean)" in to_markdown(t5)
+
+
+def test_lacking_text_names_what_each_seed_lacks():
+    from testtime.report.tables import lacking_text
+
+    got = lacking_text({2: ["fog"], 0: ["pixelate", "jpeg_compression"]})
+    assert got == "seed 0 lacks pixelate, jpeg_compression; seed 2 lacks fog"

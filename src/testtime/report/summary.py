@@ -25,7 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from testtime.report.tables import DASH, _best, corruption_order, fmt, fmt_delta, hparams_text, mean_std
+from testtime.report.tables import (
+    DASH,
+    _best,
+    corruption_order,
+    fmt,
+    fmt_delta,
+    hparams_text,
+    lacking_text,
+    mean_std,
+)
 from testtime.store.db import ResultStore, canonical_json
 
 BASELINE = "bn"
@@ -41,7 +50,7 @@ class SummaryRow:
     choice: str  # how the hyperparameters were chosen
     corruptions: list[str]
     by_seed: dict[int, float]  # seed (with every corruption) -> mean over the corruptions
-    left_out: list[int]  # seeds lacking a corruption
+    left_out: dict[int, list[str]]  # seed lacking a corruption -> the corruptions it lacks
     images_per_s: list[float]
     delta: float | None = None
     delta_std: float | None = None  # sample std over the common seeds of the per-seed difference (paired)
@@ -110,12 +119,13 @@ def _choice(cells: list[dict]) -> str:
     return "; ".join(texts)
 
 
-def _seed_means(cells: list[dict], corruptions: list[str]) -> tuple[dict[int, float], list[int]]:
+def _seed_means(cells: list[dict], corruptions: list[str]) -> tuple[dict[int, float], dict[int, list[str]]]:
     acc: dict[int, dict[str, float]] = defaultdict(dict)
     for c in cells:
         acc[c["seed"]][c["corruption"]] = c["accuracy"]  # the last cell wins, as in the tables
     full = {s: float(np.mean([v[c] for c in corruptions])) for s, v in acc.items() if len(v) == len(corruptions)}
-    return dict(sorted(full.items())), sorted(set(acc) - set(full))
+    lacking = {s: [c for c in corruptions if c not in v] for s, v in sorted(acc.items()) if s not in full}
+    return dict(sorted(full.items())), lacking
 
 
 def _row(header: str, cells: list[dict]) -> SummaryRow:
@@ -175,8 +185,7 @@ def _set_deltas(s: Summary) -> None:
 def _notes(s: Summary) -> None:
     for r in s.rows:
         if r.left_out:
-            s.notes.append(f"{r.header} ({r.protocol}): seed(s) {', '.join(map(str, r.left_out))} lack some of "
-                           f"{', '.join(r.corruptions)} (left out of the mean)")
+            s.notes.append(f"{r.header} ({r.protocol}): {lacking_text(r.left_out)} (left out of the mean)")
     if len({tuple(r.corruptions) for r in s.rows}) > 1:
         s.notes.append("the rows do not all have the same corruptions (see the corruptions column): "
                        "their means are over different corruptions")

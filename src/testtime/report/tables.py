@@ -152,16 +152,20 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
             if missing:
                 t.notes.append(f"{t.columns[ci].header}: no result for {', '.join(missing)} (Mean left out)")
                 continue
-            partial = [s for s in t.seeds if any(s not in t.acc[(ci, c)] for c in t.corruptions)
-                       and any(s in t.acc[(ci, c)] for c in t.corruptions)]
+            lacking = {s: [c for c in t.corruptions if s not in t.acc[(ci, c)]] for s in t.seeds}
+            partial = {s: m for s, m in lacking.items() if m and len(m) < len(t.corruptions)}
             if partial:
-                t.notes.append(f"{t.columns[ci].header}: seed(s) {', '.join(map(str, partial))} lack some corruptions "
-                               "(left out of Mean)")
+                t.notes.append(f"{t.columns[ci].header}: {lacking_text(partial)} (left out of Mean)")
         t.notes += device_notes(t, devices)
         if reference and t.reference_index() is None:
             t.notes.append(f"reference column {reference!r} is not in this table: no Δ row")
         tables.append(t)
     return tables
+
+
+def lacking_text(lacking: Mapping[int, list[str]]) -> str:
+    """What each incomplete seed lacks, for a note: ``seed 0 lacks pixelate, jpeg_compression; seed 2 lacks fog``."""
+    return "; ".join(f"seed {s} lacks {', '.join(m)}" for s, m in sorted(lacking.items()))
 
 
 def device_notes(t: Table, devices: Mapping[int, Counter]) -> list[str]:
