@@ -170,3 +170,14 @@ def test_report_cli_bad_pair_writes_nothing(tmp_path, capsys, pair, msg):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and msg in err and "--pair" in err
     assert not out.exists()
+
+
+def test_a_severity_that_cannot_be_paired_is_named_in_the_notes():
+    store = pair_store()  # severity 3: tent continual only
+    put(store, "bn", RPD, {0: {"fog": 10.0}}, severity=5)
+    put(store, "tent", RPD, {0: {"fog": 11.0}}, severity=5)
+    put(store, "tent", CONT, {0: {"fog": 12.0}}, severity=5)  # severity 5: two protocols, so ambiguous
+    (p,) = paired(store, "tent", "bn")
+    assert p.severity == 3
+    assert p.notes == ["not paired at cifar10 · resnet8 · severity 5: tent has several protocols "
+                       "(continual, reset-per-domain); write tent@PROTOCOL"]

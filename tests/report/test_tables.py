@@ -108,3 +108,18 @@ def test_lacking_text_names_what_each_seed_lacks():
 
     got = lacking_text({2: ["fog"], 0: ["pixelate", "jpeg_compression"]})
     assert got == "seed 0 lacks pixelate, jpeg_compression; seed 2 lacks fog"
+
+
+def test_reference_with_several_hyperparameter_sets_is_not_called_absent():
+    from report_fixtures import cell
+
+    from testtime.store import ResultStore
+
+    store = ResultStore.memory()
+    for label, hp, a in (("cta", {"lr": 1e-3}, 50.0), ("cta", {"lr": 1e-2}, 55.0), ("bn", {}, 40.0)):
+        store.put(cell(label, label, hp, "fog", 0, a))
+    (t,) = build_tables(store, reference="cta")
+    md = to_markdown(t)
+    assert "Δ (cta − other)" not in md  # no single cta column to subtract from
+    assert "is not in this table" not in md  # it is, twice
+    assert "Note: reference 'cta' has several columns in this table (cta (1), cta (2))" in md

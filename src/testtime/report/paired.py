@@ -181,6 +181,8 @@ def paired(store: ResultStore, a: Side | str, b: Side | str) -> list[Paired]:
     if not out:
         raise ValueError(f"--pair {a.text},{b.text}: no cells to pair" + (f" ({'; '.join(why)})" if why else
                          " (never measured at the same dataset, backbone and severity)"))
+    for p in out:  # where both were measured but could not be paired: said, not silently dropped
+        p.notes += [f"not paired at {w}" for w in why]
     return sorted(out, key=lambda p: (p.dataset, p.backbone, p.severity))
 
 

@@ -158,7 +158,12 @@ def build_tables(store: ResultStore, reference: str | None = "cta") -> list[Tabl
                 t.notes.append(f"{t.columns[ci].header}: {lacking_text(partial)} (left out of Mean)")
         t.notes += device_notes(t, devices)
         if reference and t.reference_index() is None:
-            t.notes.append(f"reference column {reference!r} is not in this table: no Δ row")
+            several = [c.header for c in t.columns if c.label == reference]
+            if several:  # the label is here, with one column per set of hyperparameters
+                t.notes.append(f"reference {reference!r} has several columns in this table ({', '.join(several)}), "
+                               "one per set of hyperparameters: no Δ row")
+            else:
+                t.notes.append(f"reference column {reference!r} is not in this table: no Δ row")
         tables.append(t)
     return tables
 
