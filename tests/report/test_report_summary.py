@@ -131,3 +131,13 @@ def test_selection_text_flags_a_choice_at_the_edge_of_three_or_more_candidates()
     assert selection_text(None) == "defaults"
     assert edge_params({"lr": 1e-5, "bn": "source"}, [{"lr": v, "bn": "source"} for v in (1e-5, 1e-4, 1e-3)]) == ["lr"]
     assert edge_params({"steps": True}, [{"steps": v} for v in (True, False, 2)]) == []  # booleans are not numbers
+
+
+def test_a_row_on_fewer_corruptions_is_not_bolded_as_best():
+    store = summary_store()
+    for seed in (0, 1):  # measured on fog only (an easy corruption here), so its mean is the highest
+        store.put(cell("partial", "partial", {}, "fog", seed, 95.0, protocol=PROTO))
+    (s,) = build_summaries(store)
+    rows = md_rows(summary_markdown(s))
+    assert rows[1][0] == "partial" and rows[1][7] == "95.00 ± 0.00"  # sorted first, not bold
+    assert [r[0] for r in rows if r[7].startswith("**")] == ["cta"]  # the best of the rows on both corruptions

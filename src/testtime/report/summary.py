@@ -6,7 +6,8 @@ mean over the row's corruptions, then mean ± sample std over seeds; a seed lack
 corruptions other seeds of the row have is left out (and named in a note). **Δ vs bn** is the row's
 mean minus the mean of the label ``bn`` (the same protocol, else bn's only protocol), both over the
 seeds the two rows share; ``—`` when there is no such bn row, it has other corruptions, or no seed
-is shared. Rows are sorted by mean, best first (in bold).
+is shared. Rows are sorted by mean; the best of the rows on the most corruptions is in bold (a row
+measured on fewer, e.g. a grid still running, is not compared with them).
 
 Example::
 
@@ -232,7 +233,8 @@ def summary_markdown(s: Summary) -> str:
              "protocol), over the seeds both have; ± the sample std over those seeds of the per-seed "
              "difference (paired: both rows saw the same images and corruption draws).", "",
              "| " + " | ".join(HEAD).format(s.baseline) + " |", "|---" * 5 + "|---:" * 5 + "|"]
-    best = _best([r.mean for r in s.rows])
+    widest = max((len(r.corruptions) for r in s.rows), default=0)  # a row on fewer corruptions is not bolded
+    best = _best([r.mean if len(r.corruptions) == widest else None for r in s.rows])
     for i, r in enumerate(s.rows):
         cells = _cells(r)
         if i in best:
