@@ -68,7 +68,8 @@ def test_summary_numbers_order_and_delta():
         # only seed 1 shared with bn: 55 - 52
         ["sar", "sar", PROTO, "defaults", "defaults", "2", "2", "37.50 ± 24.75", "+3.00", "40"],
     ]
-    assert s.notes == [f"cta ({PROTO}): seed 2 lacks gaussian_noise (left out of the mean)"]  # only what it lacks
+    assert s.notes == [f"sar ({PROTO}): Δ vs bn over seed(s) 1 only, the mean over 1, 5",
+                       f"cta ({PROTO}): seed 2 lacks gaussian_noise (left out of the mean)"]  # only what it lacks
 
 
 def test_summary_csv():

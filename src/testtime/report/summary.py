@@ -178,6 +178,10 @@ def _set_deltas(s: Summary) -> None:
                 s.notes.append(f"{row.header} ({row.protocol}): no Δ vs {s.baseline}: {base}")
             continue
         seeds = sorted(set(row.by_seed) & set(base.by_seed))
+        if row is not base and len(seeds) < len(row.by_seed):
+            shared, own = ", ".join(map(str, seeds)), ", ".join(map(str, row.by_seed))
+            s.notes.append(f"{row.header} ({row.protocol}): Δ vs {s.baseline} over seed(s) {shared} only, "
+                           f"the mean over {own}")
         diffs = [row.by_seed[k] - base.by_seed[k] for k in seeds]  # paired: the same test images and draws
         row.delta = float(np.mean(diffs))
         row.delta_std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
