@@ -8,7 +8,7 @@ import io
 import pytest
 from report_fixtures import PROTO, hand_store
 
-from testtime.report.tables import build_tables, to_csv, to_latex, to_markdown
+from testtime.report.tables import build_tables, fmt_delta, to_csv, to_latex, to_markdown
 
 
 def md_rows(text: str) -> dict[str, list[str]]:
@@ -123,3 +123,9 @@ def test_reference_with_several_hyperparameter_sets_is_not_called_absent():
     assert "Δ (cta − other)" not in md  # no single cta column to subtract from
     assert "is not in this table" not in md  # it is, twice
     assert "Note: reference 'cta' has several columns in this table (cta (1), cta (2))" in md
+
+
+@pytest.mark.parametrize("d, text", [(-0.004, "+0.00"), (0.004, "+0.00"), (0.0, "+0.00"), (-0.006, "-0.01"),
+                                     (1.234, "+1.23"), (-2.5, "-2.50"), (None, "—")])
+def test_fmt_delta_never_prints_minus_zero(d, text):
+    assert fmt_delta(d) == text

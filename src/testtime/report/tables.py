@@ -106,7 +106,10 @@ def fmt(values: list[float]) -> str:
 
 
 def fmt_delta(d: float | None) -> str:
-    return DASH if d is None else f"{d:+.2f}"
+    """A signed difference to 2 decimals; one that rounds to zero prints ``+0.00``, never ``-0.00``."""
+    if d is None:
+        return DASH
+    return "+0.00" if round(d, 2) == 0 else f"{d:+.2f}"
 
 
 def corruption_order(names: list[str]) -> list[str]:
