@@ -114,9 +114,10 @@ def environment() -> dict[str, str]:
     string does not change between commits: a model retrained in another environment is only
     comparable bit for bit when all of these match. So are the CPU and the instruction set that
     torch's kernels dispatch to (``cpu_capability``: e.g. AVX2 or AVX512): the same command and
-    seed trained the cifar10-cpu preset's supervised model to 89.95 % on the machine of the 2026-12-02
-    rebuild and to 89.47 % on an AVX2-only AMD EPYC (docs/results.md, "A second supervised model"), because other
-    kernels round in another order and 18 epochs of SGD amplify the difference.
+    seed trained the cifar10-cpu preset's 18-epoch supervised model (attempt 9) to 89.95 % on the machine
+    of the 2026-12-02 rebuild and to 89.47 % on an AVX2-only AMD EPYC (docs/results.md, "A second
+    supervised model"), because other kernels round in another order and 18 epochs of SGD amplify the
+    difference.
     """
     import PIL
 
