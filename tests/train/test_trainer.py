@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -255,7 +256,8 @@ def test_final_checkpoint_of_another_device_is_reused(tmp_path):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     nested = {"lr": 0.1, "device": "cuda", "inner": {"device": "cpu", "seed": 1}}
     assert recipe(nested) == {"lr": 0.1, "inner": {"seed": 1}}
-    with pytest.raises(ValueError, match="trained with another train config"):
+    with pytest.raises(ValueError, match=re.escape(f"trained with another train config (train_config.lr was "
+                                                   f"{CFG.lr!r}, now {CFG.lr * 2!r}); use another --run-dir")):
         fit(_sup_objective(), data, TrainConfig(**{**CFG.__dict__, "lr": CFG.lr * 2}), tmp_path, "s", log=None)
 
 
@@ -277,7 +279,7 @@ def test_checkpoint_from_before_a_later_field_is_reused(tmp_path, stored):
         meta["train_config"]["cutout"] = 0
         path.write_text(json.dumps(side))
     assert fit(_sup_objective(seed=1), data, CFG, tmp_path, "s", log=None).steps == 0
-    with pytest.raises(ValueError, match="trained with another train config"):
+    with pytest.raises(ValueError, match=re.escape("(train_config.cutout was absent, now 4)")):
         fit(_sup_objective(seed=1), data, TrainConfig(**{**CFG.__dict__, "cutout": 4}), tmp_path, "s", log=None)
 
 

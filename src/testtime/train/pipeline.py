@@ -84,7 +84,7 @@ from testtime.train.objectives import (
     SimCLRObjective,
     SupervisedObjective,
 )
-from testtime.train.trainer import FitResult, TrainConfig, fit
+from testtime.train.trainer import FitResult, TrainConfig, fit, settings_diff
 
 Logger = Callable[[str], None]
 
@@ -127,11 +127,7 @@ def check_reuse(cfg: PipelineConfig, run_dir: Path, stage: str, train: ImageSpli
         now = json.loads(json.dumps(want))
         diff = [k for k in now if k in old and old[k] != now[k]]
         if diff:
-            k = diff[0]
-            changed = sorted(f for f in now[k] if old[k].get(f) != now[k][f]) if isinstance(now[k], dict) and \
-                isinstance(old[k], dict) else []
-            what = ", ".join(f"{k}.{f} was {old[k].get(f)!r}, now {now[k][f]!r}" for f in changed) or \
-                f"{k} was {old[k]!r}, now {now[k]!r}"
+            what = settings_diff(diff[0], old[diff[0]], now[diff[0]])
             more = f" (also {', '.join(diff[1:])})" if len(diff) > 1 else ""
             raise ValueError(f"{path}.safetensors was trained with other settings: {what}{more}; "
                              "use another --run-dir or delete it to retrain")

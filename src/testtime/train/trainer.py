@@ -147,6 +147,20 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def settings_diff(key: str, old: Any, now: Any) -> str:
+    """What differs between a checkpoint's stored ``old`` setting ``key`` and the run's ``now``, for an
+    error message: ``"train_config.epochs was 18, now 27"`` per differing field of two dicts (also the
+    fields only one of them has), else ``"KEY was OLD, now NOW"``."""
+    if isinstance(old, dict) and isinstance(now, dict):
+        def text(d: dict, f: str) -> str:
+            return repr(d[f]) if f in d else "absent"
+
+        fields = sorted(f for f in set(old) | set(now) if f not in old or f not in now or old[f] != now[f])
+        if fields:
+            return ", ".join(f"{key}.{f} was {text(old, f)}, now {text(now, f)}" for f in fields)
+    return f"{key} was {old!r}, now {now!r}"
+
+
 def recipe(config: Any) -> Any:
     """A stored or current training config as the recipe a checkpoint is checked against: the
     later-added fields at their old value left out (:func:`testtime.config.core.strip_later_fields`)
@@ -325,10 +339,11 @@ def fit(
     if final is not None and resume and checkpoint_exists(final):
         tensors, fmeta = load_checkpoint(final)
         for key in ("train_config", "stage_config"):
-            if key in fmeta and recipe(fmeta.get(key)) != recipe(meta.get(key)):
+            old, now = recipe(fmeta.get(key)), recipe(meta.get(key))
+            if key in fmeta and old != now:
                 raise ValueError(
-                    f"{final}.safetensors was trained with another {key.replace('_', ' ')}; "
-                    "use another --run-dir or delete it to retrain"
+                    f"{final}.safetensors was trained with another {key.replace('_', ' ')} "
+                    f"({settings_diff(key, old, now)}); use another --run-dir or delete it to retrain"
                 )
         load_module_tensors(objective.modules, tensors, source=str(final))
         if log:

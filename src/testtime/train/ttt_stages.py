@@ -55,7 +55,7 @@ from testtime.train.peer_init import (
     peer_train_settings,
     supervised_source,
 )
-from testtime.train.trainer import fit, recipe
+from testtime.train.trainer import fit, recipe, settings_diff
 from testtime.transforms.rotation import rotate_expand, rotate_random
 from testtime.transforms.views import CropFlipConfig, SimCLRViewsConfig, crop_flip
 
@@ -156,7 +156,8 @@ def check_same_recipe(path: str | Path, meta: dict[str, Any]) -> None:
     for key in RECIPE_FIELDS:
         if key in old and recipe(old[key]) != recipe(meta.get(key)):
             raise ValueError(f"{path}.safetensors was trained with another {key.replace('_', ' ')} "
-                             f"({old[key]!r}, now {meta.get(key)!r}); use another --run-dir or delete it to retrain")
+                             f"({settings_diff(key, old[key], meta.get(key))}); "
+                             "use another --run-dir or delete it to retrain")
 
 
 def load_aux_model(path: str | Path, device: str | torch.device = "cpu") -> AuxHeadModel:
