@@ -339,8 +339,10 @@ def fit(
     if final is not None and resume and checkpoint_exists(final):
         tensors, fmeta = load_checkpoint(final)
         for key in ("train_config", "stage_config"):
-            old, now = recipe(fmeta.get(key)), recipe(meta.get(key))
-            if key in fmeta and old != now:
+            if key not in fmeta:
+                continue
+            old, now = recipe(fmeta[key]), recipe(meta.get(key))
+            if old != now:
                 raise ValueError(
                     f"{final}.safetensors was trained with another {key.replace('_', ' ')} "
                     f"({settings_diff(key, old, now)}); use another --run-dir or delete it to retrain"

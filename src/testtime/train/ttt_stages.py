@@ -153,10 +153,11 @@ def check_same_recipe(path: str | Path, meta: dict[str, Any]) -> None:
     (:data:`RECIPE_FIELDS`, compared as :func:`testtime.train.trainer.recipe`: without the device, so a
     model trained on the CPU loads under ``device=cuda``); a field the checkpoint lacks is not compared."""
     old = read_meta(path).get("meta", {})
-    for key in RECIPE_FIELDS:
-        if key in old and recipe(old[key]) != recipe(meta.get(key)):
+    for key in (k for k in RECIPE_FIELDS if k in old):
+        was, now = recipe(old[key]), recipe(meta.get(key))  # compared and described without the device
+        if was != now:
             raise ValueError(f"{path}.safetensors was trained with another {key.replace('_', ' ')} "
-                             f"({settings_diff(key, old[key], meta.get(key))}); "
+                             f"({settings_diff(key, was, now)}); "
                              "use another --run-dir or delete it to retrain")
 
 
