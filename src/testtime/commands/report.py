@@ -6,6 +6,7 @@ Examples::
     testtime report runs/cifar10-cpu --latex --ref cta    # also table<i>.tex; Δ row against cta
     testtime report runs/cifar10-cpu --no-plots --out /tmp/report
     testtime report runs/cifar10-cpu --pair cotta-mt1,cotta-paper@reset-per-domain --pair tent@continual,bn
+    testtime report runs/cifar10-cpu --against runs/cifar10-cpu-v9 --against-only bn,cta   # two models' rows
 
 Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
 of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
@@ -15,6 +16,9 @@ methods as columns, a Mean row, a "Δ (ours − other)" row against ``--ref``, m
 the protocol, backbone and hyperparameters above each. ``--pair A,B`` (repeatable; a side is LABEL
 or LABEL@PROTOCOL) adds A − B on the cells both measured (same seeds, so the same test images and
 corruption draws): mean ± std over seeds, per corruption, on how many corruptions A is above.
+``--against OTHER_RUN_DIR`` adds the same for each row of RUN_DIR against the same row (label,
+protocol, severity) of another run directory (e.g. the grid on another source model), on the cells
+both measured on the same test images and stream; the config fields that differ are named under it.
 """
 
 from __future__ import annotations
@@ -36,12 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     p.add_argument("--pair", action="append", default=[], metavar="A,B",
                    help="paired comparison A − B (each LABEL or LABEL@PROTOCOL); repeatable")
+    p.add_argument("--against", metavar="OTHER_RUN_DIR",
+                   help="also each row − the same row of another run directory (paired on the same images)")
+    p.add_argument("--against-only", metavar="LABELS",
+                   help="with --against: only these labels (comma-separated)")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from testtime.report import load_run, write_report
+    from testtime.report.against import against
     from testtime.report.paired import parse_pair
 
     if not args.ref.strip():
@@ -50,16 +59,33 @@ def run(args: argparse.Namespace) -> int:
         pairs = [parse_pair(p) for p in args.pair]
     except ValueError as e:
         raise UserError(str(e)) from None
+    only = None
+    if args.against_only is not None:
+        if args.against is None:
+            raise UserError("--against-only: give --against OTHER_RUN_DIR too")
+        only = [x.strip() for x in args.against_only.split(",") if x.strip()]
+        if not only:
+            raise UserError("--against-only: give labels, comma-separated (e.g. bn,cta)")
     run_dir = Path(args.run_dir)
+    other = None
+    if args.against is not None:
+        try:
+            other = load_run(args.against)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--against: {e}") from None
     with load_run(run_dir) as store:
         try:
+            compared = against(store, other, args.against, only) if other is not None else []
             files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
                                  latex=args.latex, plots=not args.no_plots, title=f"Results of {run_dir}",
-                                 pairs=pairs)
+                                 pairs=pairs, compared=compared)
         except ValueError as e:
-            if not str(e).startswith("--pair"):
+            if not str(e).startswith(("--pair", "--against")):
                 raise
             raise UserError(str(e)) from None
+        finally:
+            if other is not None:
+                other.close()
     if not args.quiet:
         print(files[0].read_text())
     print(f"wrote {len(files)} files to {files[0].parent} (report: {files[0]})")

@@ -10,7 +10,8 @@
 - ``models.csv`` when the store has model rows;
 - ``summary<i>.csv`` per summary table;
 - with ``pairs``, a paired comparison ``A − B`` per pair and severity (:mod:`testtime.report.paired`)
-  after the summaries, and ``pair<i>.csv`` for each;
+  after the summaries, and ``pair<i>.csv`` for each; then the comparisons given ready-made in
+  ``compared`` (e.g. :func:`testtime.report.against.against`: each row against another store's);
 - ``table<i>.csv`` (and ``table<i>.tex`` with ``latex=True``) per table;
 - ``accuracy-table<i>.{png,svg}`` per table, ``iterations-<i>.{png,svg}`` per curve setting,
   ``severity-<i>.{png,svg}`` per setting measured at several severities.
@@ -27,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from testtime.report.models import models_csv, models_markdown
-from testtime.report.paired import Side, paired, paired_csv, paired_markdown
+from testtime.report.paired import Paired, Side, paired, paired_csv, paired_markdown
 from testtime.report.summary import build_summaries, summary_csv, summary_markdown
 from testtime.report.tables import build_tables, table_title, to_csv, to_latex, to_markdown
 from testtime.store.db import STORE_NAME, ResultStore
@@ -54,13 +55,14 @@ def load_run(run_dir: str | Path) -> ResultStore:
 
 
 def write_report(store: ResultStore, out_dir: str | Path, *, reference: str | None = "cta", latex: bool = False,
-                 plots: bool = True, title: str = "Results", pairs: list[tuple[Side, Side]] = ()) -> list[Path]:
+                 plots: bool = True, title: str = "Results", pairs: list[tuple[Side, Side]] = (),
+                 compared: list[Paired] = ()) -> list[Path]:
     """Write the tables (and plots) of ``store`` into ``out_dir``; returns the files written.
 
     ``pairs``: (A, B) sides to compare paired; a ValueError (before anything is written) when a pair has
     no cells in common.
     """
-    comparisons = [p for a, b in pairs for p in paired(store, a, b)]
+    comparisons = [p for a, b in pairs for p in paired(store, a, b)] + list(compared)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(store, reference=reference)

@@ -51,10 +51,12 @@ class Side:
 
     label: str
     protocol: str | None = None
+    store: str | None = None  # another store's name (testtime.report.against); None: the report's own
 
     @property
     def text(self) -> str:
-        return self.label if self.protocol is None else f"{self.label}@{self.protocol}"
+        text = self.label if self.protocol is None else f"{self.label}@{self.protocol}"
+        return text if self.store is None else f"{text} (in {self.store})"
 
 
 def parse_side(text: str) -> Side:
@@ -131,7 +133,7 @@ def _protocol(protocols: set[str], wanted: str | None) -> str | None:
     return next(iter(protocols)) if len(protocols) == 1 else None
 
 
-def _accuracies(cells: list[dict], where: str) -> tuple[dict[tuple[int, str], float], str | None]:
+def row_accuracies(cells: list[dict], where: str) -> tuple[dict[tuple[int, str], float], str | None]:
     """(seed, corruption) -> accuracy of one row's cells, or why they are not one row."""
     sets = {canonical_json(c["hparams"]) for c in cells}
     if len(sets) > 1:
@@ -168,12 +170,12 @@ def paired(store: ResultStore, a: Side | str, b: Side | str) -> list[Paired]:
             why.append(f"{where}: {b.text} " + ("not measured there" if b.protocol else
                        f"lacks {pa} and has several protocols; write {b.label}@PROTOCOL"))
             continue
-        acc_a, err_a = _accuracies([c for c in by_label[a.label] if c["protocol"] == pa], f"{a.label}@{pa}")
-        acc_b, err_b = _accuracies([c for c in by_label[b.label] if c["protocol"] == pb], f"{b.label}@{pb}")
+        acc_a, err_a = row_accuracies([c for c in by_label[a.label] if c["protocol"] == pa], f"{a.label}@{pa}")
+        acc_b, err_b = row_accuracies([c for c in by_label[b.label] if c["protocol"] == pb], f"{b.label}@{pb}")
         if err_a or err_b:
             why.append(f"{where}: {err_a or err_b}")
             continue
-        p = _pair(Side(a.label, pa), Side(b.label, pb), dataset, backbone, severity, acc_a, acc_b)
+        p = pair_from(Side(a.label, pa), Side(b.label, pb), dataset, backbone, severity, acc_a, acc_b)
         if p is None:
             why.append(f"{where}: no corruption measured by both on a seed")
             continue
@@ -186,7 +188,10 @@ def paired(store: ResultStore, a: Side | str, b: Side | str) -> list[Paired]:
     return sorted(out, key=lambda p: (p.dataset, p.backbone, p.severity))
 
 
-def _pair(a: Side, b: Side, dataset: str, backbone: str, severity: int, acc_a: dict, acc_b: dict) -> Paired | None:
+def pair_from(a: Side, b: Side, dataset: str, backbone: str, severity: int, acc_a: dict, acc_b: dict
+              ) -> Paired | None:
+    """A − B over the (seed, corruption) accuracies both measured (partial seeds and corruptions left out,
+    named in the notes); None when nothing is shared."""
     shared = set(acc_a) & set(acc_b)
     if not shared:
         return None
