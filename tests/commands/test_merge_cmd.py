@@ -1,9 +1,14 @@
-"""`testtime merge DEST SOURCE...`: shards' cells into one store, slices, conflicts, bad input."""
+"""`testtime merge DEST SOURCE...`: shards' cells into one store, slices, conflicts, bad input; `testtime export
+STORE OUT.jsonl[.gz]`: a store as text, a slice of it, back with `testtime merge` (exports among the sources)."""
 
 from __future__ import annotations
 
+import gzip
+import json
+
 from testtime.cli import main
 from testtime.store import ResultStore
+from testtime.store.archive import export_jsonl
 
 
 def cell(**kw):
@@ -60,3 +65,72 @@ def test_bad_input_fails_in_one_line_before_writing(tmp_path, capsys):
     assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
     assert main(["merge", str(dest), str(good), "--only", ","]) == 2
     assert not dest.exists()
+
+
+def test_merge_an_export_with_stores_and_a_slice_of_it(tmp_path, capsys):
+    gpu = store(tmp_path / "gpu", cell(seed=0, accuracy=65.30, device="cuda (NVIDIA H200)"),
+                cell(seed=1, accuracy=67.0, device="cuda (NVIDIA H200)"), cell(label="bn", method="bn", seed=1))
+    export_jsonl(gpu, tmp_path / "gpu.jsonl")
+    cpu = store(tmp_path / "cpu", cell(seed=0, accuracy=65.35))
+    other = store(tmp_path / "other", cell(corruption="snow"))
+    assert main(["merge", str(cpu), str(tmp_path / "gpu.jsonl"), str(other), "--only", "ttt"]) == 0
+    out = capsys.readouterr().out  # the same line as a store's
+    assert (f"{tmp_path / 'gpu.jsonl'}: 1 cells added to {cpu / 'results.sqlite'}; 1 held there already (kept), "
+            "1 of them measured there with another accuracy") in out
+    assert f"{other / 'results.sqlite'}: 1 cells added" in out and "2 cells added in all" in out
+    with ResultStore.open(cpu) as s:
+        assert sorted((r["seed"], r["corruption"], r["device"]) for r in s.cells()) == [
+            (0, "fog", None), (0, "snow", None), (1, "fog", "cuda (NVIDIA H200)")]
+
+
+def test_a_bad_export_is_refused_before_any_source_is_copied(tmp_path, capsys):
+    good = store(tmp_path / "good", cell())
+    export_jsonl(good, tmp_path / "good.jsonl")
+    text = (tmp_path / "good.jsonl").read_text()
+    (tmp_path / "bad.jsonl").write_text(text.replace('"seed":0', '"seed":1'))  # an identity column changed
+    dest = tmp_path / "dest"
+    assert main(["merge", str(dest), str(good), str(tmp_path / "bad.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "SOURCE" in err and "bad.jsonl: line 2: cells: seed 1 does not match its config" in err
+    assert err.count("\n") == 1 and not dest.exists()
+    assert main(["merge", str(dest), str(tmp_path / "missing.jsonl.gz")]) == 2
+    assert "SOURCE" in capsys.readouterr().err and not dest.exists()
+
+
+def test_export_then_merge_rebuilds_the_store(tmp_path, capsys):
+    run = store(tmp_path / "run", cell(seed=0, device="cpu (X)"), cell(seed=1, wall_s=90.0),
+                cell(label="bn", method="bn"))
+    out = tmp_path / "run.jsonl.gz"
+    assert main(["export", str(run), str(out)]) == 0
+    assert f"3 cells, 0 curves and 0 model rows written to {out}" in capsys.readouterr().out
+    assert len(gzip.decompress(out.read_bytes()).decode().splitlines()) == 4  # the header and 3 cells
+    assert main(["merge", str(tmp_path / "new"), str(out)]) == 0
+    assert f"{out}: 3 cells added to " in capsys.readouterr().out
+    with ResultStore.open(run) as a, ResultStore.open(tmp_path / "new") as b:
+        assert {r["key"]: r for r in a.cells()} == {r["key"]: r for r in b.cells()}  # every column
+
+
+def test_export_a_slice(tmp_path, capsys):
+    run = store(tmp_path / "run", cell(seed=0), cell(seed=1), cell(seed=2), cell(label="bn", method="bn", seed=1))
+    out = tmp_path / "slice.jsonl"
+    assert main(["export", str(run / "results.sqlite"), str(out), "--only", "ttt", "--seeds", "1,2"]) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()[1:]]
+    assert sorted((r["label"], r["seed"]) for r in rows) == [("ttt", 1), ("ttt", 2)]
+
+
+def test_export_bad_input_fails_in_one_line_before_writing(tmp_path, capsys):
+    run = store(tmp_path / "run", cell())
+    cases = [
+        ([str(tmp_path / "missing"), str(tmp_path / "a.jsonl")], "RUN_DIR_OR_SQLITE"),
+        ([str(run), str(tmp_path / "a.json")], "OUT"),
+        ([str(run), str(tmp_path / "no" / "a.jsonl")], "OUT"),
+        ([str(run), str(tmp_path / "a.jsonl"), "--seeds", "one"], "--seeds: expected comma-separated integers"),
+        ([str(run), str(tmp_path / "a.jsonl"), "--only", ","], "--only: give at least one method label"),
+    ]
+    (tmp_path / "junk.sqlite").write_text("not a store")
+    cases.append(([str(tmp_path / "junk.sqlite"), str(tmp_path / "a.jsonl")], "not a testtime results store"))
+    for argv, match in cases:
+        assert main(["export", *argv]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.sqlite", "run"]  # nothing written

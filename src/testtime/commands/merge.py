@@ -5,9 +5,11 @@ Examples::
     testtime merge runs/cifar10-cpu /tmp/gpu-run                  # a GPU run's cells into the CPU store
     testtime merge runs/all runs/shard-0 runs/shard-1 runs/shard-2  # Slurm array shards into a new store
     testtime merge runs/cifar10-cpu /tmp/gpu-run --only ttt --seeds 1,2   # a slice of them
+    testtime merge runs/cifar10-cpu results/cifar10-cpu.jsonl.gz  # rebuild a store from its export
 
 Copies each SOURCE's cells, curves and source models' clean-accuracy rows (a SOURCE is a run
-directory or a results.sqlite) that DEST does not hold yet: the same key, i.e. the same resolved
+directory, a results.sqlite, or a store's export by ``testtime export``, ``*.jsonl`` or
+``*.jsonl.gz``, every line of which is checked) that DEST does not hold yet: the same key, i.e. the same resolved
 config. A cell DEST holds already is kept as it is; when the SOURCE measured it otherwise (another
 accuracy: another machine, or another device, whose kernels round differently) the count is printed.
 Cells keep where they were measured (``device``), so ``testtime report`` can say which columns mix
@@ -18,50 +20,42 @@ before anything is written; DEST (a run directory or a results.sqlite) is create
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
+from testtime.commands._slice import row_filter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("merge", help="copy the cells of other results stores (shards run elsewhere) into one",
                               description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dest", metavar="DEST", help="the store to copy into (run directory or results.sqlite)")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="stores to copy from (run directories or .sqlite)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="stores to copy from (run directories, .sqlite, or exports: .jsonl, .jsonl.gz)")
     p.add_argument("--only", metavar="LABELS", help="copy only the cells of these method labels (comma-separated)")
     p.add_argument("--seeds", metavar="SEEDS", help="copy only the cells of these eval seeds (comma-separated)")
     p.set_defaults(func=run)
 
 
-def _labels(text: str | None) -> set[str] | None:
-    if text is None:
-        return None
-    labels = {s.strip() for s in text.split(",") if s.strip()}
-    if not labels:
-        raise UserError("--only: give at least one method label, e.g. --only ttt,bn")
-    return labels
-
-
-def _seeds(text: str | None) -> set[int] | None:
-    if text is None:
-        return None
-    try:
-        seeds = {int(s) for s in text.split(",") if s.strip()}
-    except ValueError:
-        raise UserError(f"--seeds: expected comma-separated integers, e.g. 1,2; got {text!r}") from None
-    if not seeds:
-        raise UserError("--seeds: give at least one seed, e.g. --seeds 1,2")
-    return seeds
-
-
 def run(args: argparse.Namespace) -> int:
     from testtime.store import ResultStore
+    from testtime.store.archive import is_archive, read_jsonl
     from testtime.store.db import StoreVersionError, check_version, store_path
 
-    labels, seeds = _labels(args.only), _seeds(args.seeds)
+    keep = row_filter(args.only, args.seeds)
     dest = store_path(args.dest)
-    sources = [store_path(s) for s in args.sources]
-    for src in sources:  # every source checked before anything is written
+    sources: list[tuple[Path, dict | None]] = []  # a store (rows read when copied) or an export's rows
+    for text in args.sources:  # every source checked (an export read whole) before anything is written
+        if is_archive(text):
+            if not Path(text).is_file():
+                raise UserError(f"SOURCE {text}: no such file")
+            try:
+                sources.append((Path(text), read_jsonl(text, keep)))
+            except ValueError as e:
+                raise UserError(f"SOURCE {e}") from None
+            continue
+        src = store_path(text)
         if not src.is_file():
             raise UserError(f"SOURCE {src}: no results store there")
         if src.resolve() == dest.resolve():
@@ -70,26 +64,23 @@ def run(args: argparse.Namespace) -> int:
             check_version(src)
         except StoreVersionError as e:
             raise UserError(f"SOURCE {e}") from None
+        sources.append((src, None))
     if dest.exists():
         try:
             check_version(dest)
         except StoreVersionError as e:
             raise UserError(f"DEST {e}") from None
 
-    def keep(row) -> bool:
-        return (labels is None or row["label"] in labels) and (seeds is None or row["seed"] in seeds)
-
     with ResultStore.open(dest, create=True) as store:
         total = 0
-        for src in sources:
-            with ResultStore.copy_to_memory(src) as other:
-                rows = [r for r in other.cells() if keep(r)]
-            here = {r["key"]: r["accuracy"] for r in store.cells()}
-            held = [r for r in rows if r["key"] in here]
-            differ = sum(1 for r in held if abs(r["accuracy"] - here[r["key"]]) > 1e-9)
-            added = store.merge_from(src, keep=keep)
+        for src, rows in sources:
+            if rows is None:
+                with ResultStore.copy_to_memory(src) as other:
+                    rows = other.rows(keep)
+            held, differ = store.held(rows["cells"])
+            added = store.add_rows(rows)["cells"]
             total += added
-            print(f"{src}: {added} cells added to {dest}; {len(held)} held there already (kept), "
+            print(f"{src}: {added} cells added to {dest}; {held} held there already (kept), "
                   f"{differ} of them measured there with another accuracy")
     print(f"{dest}: {total} cells added in all")
     return 0

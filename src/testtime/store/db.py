@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS models (
     created_utc TEXT NOT NULL
 );
 """
+ROW_TABLES = ("cells", "curves", "models")  # the tables of measured rows (meta is the store's own)
 MODEL_FIELDS = ("kind", "backbone", "dataset", "split", "n_images", "seed", "accuracy_eval", "accuracy_test_bn")
 
 
@@ -196,6 +197,27 @@ def _curve_values(row: Mapping[str, Any]) -> dict[str, Any]:
     if acc is None or len(acc) == 0:
         raise ValueError("curve: 'accuracies' must be a non-empty list of accuracies (%)")
     return {**_identity_values(row), "accuracies": json.dumps([_finite("accuracies", a) for a in acc])}
+
+
+def stored_identity_problem(row: Mapping[str, Any]) -> str | None:
+    """Why a cell or curve row, as stored (``config``, ``hparams`` as JSON text), does not match its key, or
+    None when it does: ``key`` must be :func:`cell_key` of its ``config`` and the identity columns the
+    values :meth:`ResultStore.put` derives from that config (``created_utc`` and results are not checked)."""
+    try:
+        cfg = json.loads(row["config"])
+    except (TypeError, ValueError):
+        return "config is not JSON text"
+    if not isinstance(cfg, dict):
+        return "config is not a JSON object"
+    try:  # the config holds the identity fields it was made from, so put() of it gives the same columns
+        expect = _identity_values({**{k: cfg[k] for k in IDENTITY if k in cfg}, "config": cfg})
+    except (TypeError, ValueError) as exc:
+        return f"config is not a cell's config ({exc})"
+    for k, v in expect.items():
+        if k != "created_utc" and row.get(k) != v:
+            what = "is not the cell_key of its config" if k == "key" else "does not match its config"
+            return f"{k} {row.get(k)!r} {what} (expected {v!r})"
+    return None
 
 
 class ResultStore:
@@ -313,20 +335,45 @@ class ResultStore:
         chooses which cells and curves to copy (default: all). Returns the number of cells added.
         """
         with ResultStore.copy_to_memory(other) as src:
-            rows = [dict(r) for r in src.conn.execute("SELECT * FROM cells")]
-            curves = [dict(r) for r in src.conn.execute("SELECT * FROM curves")]
-            if keep is not None:
-                rows, curves = [r for r in rows if keep(r)], [c for c in curves if keep(c)]
-            models = [dict(r) for r in src.conn.execute("SELECT * FROM models")] if src._has_models() else []
-        before = self.count()
+            tables = src.rows(keep)
+        return self.add_rows(tables)["cells"]
+
+    def rows(self, keep: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every row of ``cells``, ``curves`` and ``models`` with its columns exactly as stored (JSON columns
+        as text), in insertion order: what :meth:`add_rows` takes. ``keep(row)`` chooses cells and curves."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for table in ROW_TABLES:
+            if table == "models" and not self._has_models():
+                out[table] = []
+                continue
+            found = [dict(r) for r in self.conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+            out[table] = found if keep is None or table == "models" else [r for r in found if keep(r)]
+        return out
+
+    def add_rows(self, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, int]:
+        """Insert stored rows (as :meth:`rows` gives them; any of ``cells``, ``curves``, ``models``) whose
+        key is not here yet, as they are (``created_utc``, ``device`` and cost included), in ONE
+        transaction; a key already here is kept as it is. Returns the number added per table."""
+        added = dict.fromkeys(ROW_TABLES, 0)
+        unknown = sorted(set(tables) - set(ROW_TABLES))
+        if unknown:
+            raise ValueError(f"rows: unknown table(s) {unknown}; valid: {list(ROW_TABLES)}")
+        items = {t: list(tables.get(t, ())) for t in ROW_TABLES}
         self._add_provenance()
-        if models:
-            self.conn.execute(_MODELS_SQL)
+        if items["models"]:
+            self.conn.execute(_MODELS_SQL)  # IF NOT EXISTS: a store written before the table
         with self.conn:
-            for table, items in (("cells", rows), ("curves", curves), ("models", models)):
-                for v in items:
-                    self._insert(table, v, replace=False)
-        return self.count() - before
+            for table, values in items.items():
+                for v in values:
+                    added[table] += self._insert(table, v, replace=False)
+        return added
+
+    def held(self, cells: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+        """Of these stored cell rows, how many keys this store holds already, and how many of those it
+        holds with another accuracy (measured elsewhere: another machine or device)."""
+        here = {r[0]: r[1] for r in self.conn.execute("SELECT key, accuracy FROM cells")}
+        same = [c for c in cells if c["key"] in here]
+        return len(same), sum(1 for c in same if abs(c["accuracy"] - here[c["key"]]) > 1e-9)
 
     def _cell_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
         if row.get("accuracy") is None:
@@ -357,11 +404,12 @@ class ResultStore:
                         raise
         self._has_provenance = True
 
-    def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> None:
+    def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> int:
+        """Write one row; returns 1 if written, 0 if ignored (``replace=False`` and its key is here)."""
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        self.conn.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", tuple(values.values()))
+        return self.conn.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", tuple(values.values())).rowcount
 
     # ----- reading ------------------------------------------------------------------------
     def has(self, key: str) -> bool:
