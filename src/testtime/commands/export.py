@@ -2,9 +2,9 @@
 
 Examples::
 
-    testtime export runs/cifar10-cpu results/cifar10-cpu.jsonl.gz     # every cell, curve and model row
+    testtime export runs/cifar10-cpu runs/cifar10-cpu.jsonl.gz     # every cell, curve and model row
     testtime export runs/cifar10-cpu ttt.jsonl --only ttt --seeds 1,2  # a slice of the cells
-    testtime merge runs/cifar10-cpu results/cifar10-cpu.jsonl.gz      # on another machine: the store back
+    testtime merge runs/cifar10-cpu runs/cifar10-cpu.jsonl.gz      # on another machine: the store back
 
 Writes one JSON object a line: a header (format, the store's schema version, the testtime version),
 then every row of the store's cells, curves and source models' clean accuracies, each column exactly

@@ -5,7 +5,7 @@ Examples::
     testtime merge runs/cifar10-cpu /tmp/gpu-run                  # a GPU run's cells into the CPU store
     testtime merge runs/all runs/shard-0 runs/shard-1 runs/shard-2  # Slurm array shards into a new store
     testtime merge runs/cifar10-cpu /tmp/gpu-run --only ttt --seeds 1,2   # a slice of them
-    testtime merge runs/cifar10-cpu results/cifar10-cpu.jsonl.gz  # rebuild a store from its export
+    testtime merge runs/cifar10-cpu runs/cifar10-cpu.jsonl.gz  # rebuild a store from its export
 
 Copies each SOURCE's cells, curves and source models' clean-accuracy rows (a SOURCE is a run
 directory, a results.sqlite, or a store's export by ``testtime export``, ``*.jsonl`` or

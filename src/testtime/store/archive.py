@@ -19,8 +19,8 @@ were measured (``created_utc``, then key), as ``testtime report`` orders its col
 
 Example::
 
-    export_jsonl("runs/cifar10-cpu", "results/cifar10-cpu.jsonl.gz")
-    import_jsonl("results/cifar10-cpu.jsonl.gz", "runs/cifar10-cpu")   # on another machine
+    export_jsonl("runs/cifar10-cpu", "runs/cifar10-cpu.jsonl.gz")
+    import_jsonl("runs/cifar10-cpu.jsonl.gz", "runs/cifar10-cpu")   # on another machine
 """
 
 from __future__ import annotations
