@@ -84,6 +84,28 @@ def test_killed_mid_grid_then_rerun_gives_exactly_the_uninterrupted_cells(refere
 
 @needs_fmnist
 @pytest.mark.slow
+def test_a_continual_stream_stopped_between_corruptions_resumes_from_its_checkpoint(reference, tmp_path, monkeypatch):
+    run = _with_checkpoint(reference, tmp_path / "run")
+    real = BenchRun.evaluate_cell
+
+    def dies_at_the_second_corruption_of_a_stream(self, cell):
+        if cell["protocol"] == "continual" and cell["corruption"] == "contrast":
+            raise KeyboardInterrupt
+        return real(self, cell)
+
+    monkeypatch.setattr(BenchRun, "evaluate_cell", dies_at_the_second_corruption_of_a_stream)
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) != 0
+    saved = sorted(p.name for p in (run / "streams").iterdir())
+    assert len(saved) == 2 and saved[0].startswith("tent-sev5-seed") and saved[0].endswith(".json")
+    monkeypatch.setattr(BenchRun, "evaluate_cell", real)
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0
+    assert cells_of(run) == cells_of(reference)  # bit for bit the uninterrupted run's cells
+    assert "resumed at contrast" in (run / "bench.log").read_text()
+    assert not list((run / "streams").iterdir())  # each stream's checkpoint goes when its last cell is in
+
+
+@needs_fmnist
+@pytest.mark.slow
 def test_two_shards_fill_the_same_store_as_one_run(reference, tmp_path):
     run = _with_checkpoint(reference, tmp_path / "run")
     assert main(["bench", "tiny", "--run-dir", str(run), "--shard", "1/2", "--quiet"]) == 0

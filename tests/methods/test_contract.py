@@ -72,6 +72,30 @@ def test_reset_restores_everything_exactly(name):
     torch.testing.assert_close(again, first, rtol=0, atol=0)
 
 
+def test_saved_state_resumes_bit_for_bit_in_a_new_method(name, tmp_path):
+    """A method adapted on 2 batches, saved through a checkpoint file (safetensors + JSON) and loaded
+    into a fresh method of the same model, predicts batches 3 and 4 exactly as the method that went on:
+    what a continual stream resumed in another process relies on (testtime.bench.streams)."""
+    from testtime.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _model(name)
+    fresh = _fast(name, copy.deepcopy(model))
+    m = _fast(name, model)
+    m(_batch(seed=1))
+    m(_batch(seed=2))
+    tensors, meta = m.state_tensors()
+    save_checkpoint(tmp_path / "s", tensors, meta)
+    on = [m(_batch(seed=3)), m(_batch(seed=4))]
+    fresh.load_state_tensors(*load_checkpoint(tmp_path / "s"))
+    for a, b in zip(on, [fresh(_batch(seed=3)), fresh(_batch(seed=4))]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for k, v in m.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), f"{name}: {k} differs after the resumed steps"
+    fresh.reset()  # the reset point stays the construction's
+    for k, v in _fast(name, _model(name)).state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), f"{name}: {k} not the source's after reset"
+
+
 def test_episodic_carries_nothing_between_batches(name):
     """Under the episodic protocol, batch 2's predictions equal those of a fresh method on batch 2 alone."""
     from testtime.bench import to_float_batch

@@ -6,8 +6,10 @@ model and the source stages' settings it comes from, the test subset size, batch
 hyperparameter selection). Cells are independent: each is evaluated from the method's reset point on
 one corrupted test domain, except under ``continual``, where a cell is its corruption's part of the
 one stream over all corruptions (in config order) that is never reset; :class:`BenchRun` keeps that
-stream's state between cells and replays the earlier corruptions when a cell is asked for out of turn
-(a resumed run, a shard), so the result is the same as in one uninterrupted run.
+stream's state between cells and writes it to ``<run_dir>/streams/`` after every corruption
+(:mod:`testtime.bench.streams`); a cell asked for out of turn (a resumed run, a shard) goes on from
+that checkpoint, or replays the earlier corruptions when there is none, so the result is the same as
+in one uninterrupted run.
 
 Models come from the stage checkpoints in the run dir (``supervised``, ``aligned`` for CTA,
 ``probe`` for CTA-C, ``joint`` for the Y model, the baselines' own for TTT/TTT++/ClusT3/NC-TTT/ReC-TTT),
@@ -185,7 +187,7 @@ class BenchRun:
         sev, seed = cell["severity"], cell["seed"]
         chosen = {k: v for k, v in cell["hparams"].items() if k not in self.bench.methods[label].settings}
         if protocol == "continual":
-            out = self._continual_cell(label, chosen, corr, sev, seed)
+            out = self._continual_cell(cell, chosen)
         else:
             method, meter = self.method(label, chosen, protocol)
             proto = self.protocol(label, protocol, seed)
@@ -205,11 +207,17 @@ class BenchRun:
         return {"accuracy": 100.0 * correct / max(1, total), "n_images": total, "wall_s": wall,
                 "images_per_s": total / wall if wall > 0 else None, **meter.since(before, total, self.device)}
 
-    def _continual_cell(self, label: str, chosen: Mapping[str, Any], corr: str, sev: int, seed: int):
+    def _continual_cell(self, cell: Mapping[str, Any], chosen: Mapping[str, Any]) -> dict[str, Any]:
+        """One corruption of a continual stream: run (or, out of turn, start again or resume from the stream's
+        checkpoint, :mod:`testtime.bench.streams`) the stream up to it; a checkpoint after every corruption."""
+        from testtime.bench.streams import drop_stream, load_stream, save_stream, stream_path
+
+        label, corr, sev, seed = cell["label"], cell["corruption"], cell["severity"], cell["seed"]
         key = (label, tuple(sorted((k, repr(v)) for k, v in chosen.items())), sev, seed)
         state = self._continual.get(key)
         names = list(self.bench.corruptions)
         target = names.index(corr)
+        path = stream_path(self.run_dir, cell)
         if state is None or (corr not in state["results"] and state["next"] > target):
             method, meter = self.method(label, chosen, "continual")
             proto = self.protocol(label, "continual", seed)
@@ -221,6 +229,13 @@ class BenchRun:
             state = {"method": method, "meter": meter, "order": proto.order, "batches": batches, "pos": 0,
                      "next": 0, "results": {}}
             self._continual[key] = state
+            done = load_stream(path, method, cell, names)
+            if done:
+                state["next"] = done
+                state["pos"] = next(i for i, b in enumerate(batches) if b.domain == names[done])
+                if self.log:
+                    self.log(f"[continual] {label} s{sev} eval seed {seed}: resumed at {names[done]} from "
+                             f"{path.name} (its {done} corruption(s) before not replayed)")
         while corr not in state["results"]:
             name = names[state["next"]]
             seg = []
@@ -230,4 +245,8 @@ class BenchRun:
             state["results"][name] = self._measure(state["method"], state["meter"], seg, f"{label} {name}",
                                                    state["order"])
             state["next"] += 1
+            if state["next"] < len(names):
+                save_stream(path, state["method"], cell, names[: state["next"]])
+            else:
+                drop_stream(path)
         return state["results"][corr]

@@ -28,6 +28,8 @@ Adaptive state: everything in ``self.state_dict()`` is snapshotted at constructi
 :meth:`Method.reset`, together with the optimiser's state. So state must live in parameters, buffers
 or submodules; use :meth:`Method.register_state` for tensors (moving averages, counters, Fisher
 weights) and plain attribute assignment of ``nn.Module`` for teachers. Python scalars are not state.
+:meth:`Method.state_tensors` / :meth:`Method.load_state_tensors` carry the live state (the same
+pieces) through a file, so a stopped continual stream goes on in another process.
 
 Example::
 
@@ -218,6 +220,36 @@ class Method(nn.Module):
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optim"]))
         self.generator.set_state(self._snapshot["rng"])
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The live adaptive state as flat tensors and JSON-safe meta, for a file (a stopped stream resumed
+        in another process): the state dict (``state.<key>``: weights, BN statistics, declared state,
+        teachers), the optimiser's moments (``optim.<index>.<key>``; its groups in the meta), the random
+        generator (``rng``) and the ``nonfinite_steps`` diagnostic. Loaded by :meth:`load_state_tensors`
+        into a method made the same way, its next steps are bit for bit this one's (tested for every
+        registered method). The reset point is not included: it is the construction's."""
+        from testtime.train.checkpoint import optimizer_tensors
+
+        tensors = {f"state.{k}": v.detach() for k, v in self.state_dict().items()}
+        meta: dict[str, Any] = {"nonfinite_steps": int(self.nonfinite_steps), "optimizer_groups": None}
+        if self.optimizer is not None:
+            opt, meta["optimizer_groups"] = optimizer_tensors(self.optimizer)
+            tensors.update(opt)
+        tensors["rng"] = self.generator.get_state()
+        return tensors, meta
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Load what :meth:`state_tensors` gave (keys and shapes are checked by ``load_state_dict``)."""
+        from testtime.train.checkpoint import load_optimizer_tensors
+
+        if "rng" not in tensors or (self.optimizer is not None) != (meta.get("optimizer_groups") is not None):
+            raise ValueError(f"{self.name}: the saved state is not this method's (no generator state, or an "
+                             "optimiser where this method has none or the other way round)")
+        restore_state(self, {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")})
+        if self.optimizer is not None:
+            load_optimizer_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        self.generator.set_state(tensors["rng"])
+        self.nonfinite_steps = int(meta.get("nonfinite_steps", 0))
 
     # ----- hooks ----------------------------------------------------------------------------
     @classmethod
