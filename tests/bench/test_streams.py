@@ -72,5 +72,8 @@ def test_a_damaged_checkpoint_is_not_loaded_and_drop_removes_both_files(tmp_path
     st.write_bytes(st.read_bytes()[:-10])  # e.g. two shards wrote the two files in turn
     fresh = _method()
     assert load_stream(path, fresh, _cell(), NAMES) == 0
+    _, path = _adapted(tmp_path)
+    path.with_name(path.name + ".json").write_text("{not json")
+    assert load_stream(path, fresh, _cell(), NAMES) == 0
     drop_stream(path)
     assert not list(path.parent.iterdir())

@@ -57,19 +57,19 @@ def save_stream(path: Path, method: Method, cell: Mapping[str, Any], done: Seque
 
 def load_stream(path: Path, method: Method, cell: Mapping[str, Any], names: Sequence[str]) -> int:
     """Load the stream's checkpoint into ``method`` when it is usable for ``cell`` and return how many of
-    ``names`` (the stream's corruptions, in order) it has run; 0 (nothing loaded) when there is none, when
-    it is of another stream or order, or when it is past ``cell``'s corruption."""
+    ``names`` (the stream's corruptions, in order) it has run; 0 (nothing loaded) when there is none or it
+    is damaged, when it is of another stream or order, or when it is past ``cell``'s corruption."""
     if not checkpoint_exists(path):
         return 0
-    meta = read_meta(path)["meta"]
-    done = list(meta.get("done") or [])
-    target = list(names).index(cell["corruption"])
-    if meta.get("stream") != stream_key(cell) or done != list(names)[: len(done)] or not 0 < len(done) <= target:
-        return 0
-    try:
+    try:  # a damaged sidecar or weights file (e.g. two shards of one grid wrote the two files in turn): replay
+        side = read_meta(path)["meta"]
+        done = list(side.get("done") or [])
+        target = list(names).index(cell["corruption"])
+        if side.get("stream") != stream_key(cell) or not 0 < len(done) <= target or done != list(names)[: len(done)]:
+            return 0
         tensors, meta = load_checkpoint(path)  # verified before anything is loaded into the method
-    except ValueError:
-        return 0  # e.g. two shards of one grid wrote the stream's two files in turn: replay it
+    except (ValueError, OSError):
+        return 0
     method.load_state_tensors(tensors, meta)
     return len(done)
 
