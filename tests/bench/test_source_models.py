@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from testtime.bench.source_models import record_clean_accuracy
+from testtime.bench.source_models import WeightsChangedError, record_clean_accuracy
 from testtime.data import ImageSplit
 from testtime.store import ResultStore, model_key
+from testtime.train.checkpoint import weights_fingerprint
 
 
 def brightness_split() -> ImageSplit:
@@ -67,7 +68,34 @@ def test_each_model_is_measured_once_and_stored_with_its_identity():
     assert not bn.training and bn.momentum == 0.1 and bn.running_mean.item() == 0.5
     calls.clear(), lines.clear()
     assert record_clean_accuracy(run, store, ["supervised", "joint"], log=lines.append) == 0
-    assert calls == [] and lines == ["[clean] stored already: supervised, joint"]
+    assert lines == ["[clean] stored already: supervised, joint"]  # read for their fingerprints, not measured
+    assert sup["weights"] == weights_fingerprint(models["supervised"]) != rows["joint"]["weights"]
+
+
+def test_a_run_dir_with_other_weights_than_the_stored_rows_is_refused_before_any_write():
+    models = {"supervised": brightness_model(1.0)}
+    store = ResultStore.memory()
+    record_clean_accuracy(fake_run(models, []), store, ["supervised"], log=None)
+    before = store.models()
+    retrained = {"supervised": brightness_model(1.0)}
+    with torch.no_grad():
+        retrained["supervised"][1].weight.add_(1e-7)  # the same recipe, other rounding: another fingerprint
+    with pytest.raises(WeightsChangedError, match=r"other weights than the run dir holds now \(source model "
+                                                  r"'supervised' .*move the store away or give another run dir"):
+        record_clean_accuracy(fake_run(retrained, []), store, ["supervised"], log=None)
+    assert store.models() == before
+    record_clean_accuracy(fake_run({"supervised": brightness_model(1.0)}, []), store, ["supervised"], log=None)
+
+
+def test_a_row_stored_before_fingerprints_gets_the_current_one_once():
+    models = {"supervised": brightness_model(1.0)}
+    store = ResultStore.memory()
+    record_clean_accuracy(fake_run(models, []), store, ["supervised"], log=None)
+    store.conn.execute("UPDATE models SET weights = NULL")
+    lines = []
+    assert record_clean_accuracy(fake_run(models, []), store, ["supervised"], log=lines.append) == 0
+    fp = weights_fingerprint(models["supervised"])
+    assert store.models()[0]["weights"] == fp and lines[0].startswith(f"[clean] supervised: weights {fp[:16]} recorded")
 
 
 def test_the_test_subset_is_used_when_there_is_no_pool():

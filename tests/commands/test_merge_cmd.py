@@ -134,3 +134,29 @@ def test_export_bad_input_fails_in_one_line_before_writing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.sqlite", "run"]  # nothing written
+
+
+def test_a_source_measured_on_other_weights_is_refused_in_one_line_before_writing(tmp_path, capsys):
+    ident = {"kind": "supervised", "seed": 0}
+    model = {"kind": "supervised", "backbone": "airbench", "dataset": "cifar10", "split": "test", "n_images": 10000,
+             "seed": 0, "identity": ident, "accuracy_eval": 90.2, "accuracy_test_bn": 89.3}
+    here = store(tmp_path / "here", cell(seed=0))
+    with ResultStore.open(here) as s:
+        s.put_model({**model, "weights": "a" * 64})
+    same = store(tmp_path / "same", cell(seed=1))
+    with ResultStore.open(same) as s:
+        s.put_model({**model, "weights": "a" * 64})
+    other = store(tmp_path / "other", cell(seed=2))  # the same settings, retrained on another CPU
+    with ResultStore.open(other) as s:
+        s.put_model({**model, "weights": "b" * 64})
+    assert main(["merge", str(here), str(same), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"SOURCE {other / 'results.sqlite'}: measured on other weights" in err and "aaaaaaaaaaaaaaaa..." in err
+    assert len(err.strip().splitlines()) == 1
+    with ResultStore.open(here) as s:  # the good source before it was not copied either
+        assert [r["seed"] for r in s.cells()] == [0]
+    assert main(["merge", str(tmp_path / "new"), str(other), str(here)]) == 2  # two sources that disagree
+    assert "an earlier SOURCE" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main(["merge", str(here), str(same)]) == 0
+    with ResultStore.open(here) as s:
+        assert sorted(r["seed"] for r in s.cells()) == [0, 1]

@@ -21,7 +21,7 @@ def put_models(store: ResultStore) -> None:
     for kind, split, n, acc, bn in ROWS:
         store.put_model({"kind": kind, "backbone": "resnet8", "dataset": "fashion-mnist", "split": split,
                          "n_images": n, "seed": 0, "identity": {"kind": kind}, "accuracy_eval": acc,
-                         "accuracy_test_bn": bn, "wall_s": 2.0})
+                         "accuracy_test_bn": bn, "wall_s": 2.0, "weights": None if kind == "aligned" else "f" * 64})
 
 
 def test_report_opens_with_the_models_table_and_writes_models_csv(tmp_path):
@@ -30,16 +30,18 @@ def test_report_opens_with_the_models_table_and_writes_models_csv(tmp_path):
     files = write_report(store, tmp_path, plots=False, title="T")
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# T\n\n### Source models: clean accuracy\n\n"
-                         "| model kind | backbone | dataset | split (n images) | eval mode % | test-batch BN % |\n"
-                         "|---|---|---|---|---:|---:|\n"
-                         "| supervised | resnet8 | fashion-mnist | fashion-mnist/test (10,000) | 81.23 | 79.50 |\n"
-                         "| aligned | resnet8 | fashion-mnist | fashion-mnist/test (10,000) | 74.00 | 75.12 |\n"
+                         "| model kind | backbone | dataset | split (n images) | eval mode % | test-batch BN % | "
+                         "weights |\n|---|---|---|---|---:|---:|---|\n"
+                         "| supervised | resnet8 | fashion-mnist | fashion-mnist/test (10,000) | 81.23 | 79.50 | "
+                         "ffffffffffffffff |\n"
+                         "| aligned | resnet8 | fashion-mnist | fashion-mnist/test (10,000) | 74.00 | 75.12 |  |\n"
                          "CSV: [models.csv](models.csv)\n\n### Summary: ")
     assert tmp_path / "models.csv" in files
     got = list(csv.DictReader(io.StringIO((tmp_path / "models.csv").read_text())))
     assert [(r["kind"], float(r["accuracy_eval"]), float(r["accuracy_test_bn"]), int(r["n_images"])) for r in got] == [
         (k, a, b, n) for k, _, n, a, b in ROWS]
     assert all(len(r["key"]) == 64 and r["seed"] == "0" and r["wall_s"] == "2.0" for r in got)
+    assert [r["weights"] for r in got] == ["f" * 64, ""]
 
 
 def test_no_model_rows_no_section_and_the_rest_unchanged(tmp_path):

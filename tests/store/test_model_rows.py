@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from testtime.store import ResultStore, model_key
-from testtime.store.db import _SCHEMA
+from testtime.store import ResultStore, model_key, weights_conflicts
+from testtime.store.db import _MODELS_SQL, _SCHEMA
 
 IDENT = {"kind": "supervised", "seed": 0, "model": {"arch": "resnet8"}, "supervised": {"epochs": 1}}
 
@@ -104,3 +104,37 @@ def test_merge_from_copies_model_rows_and_accepts_stores_without_them(tmp_path):
     assert [(r["kind"], r["accuracy_eval"]) for r in a.models()] == [("supervised", 10.0), ("joint", 71.25)]
     a.merge_from(old_store(tmp_path / "old"))
     assert len(a.models()) == 2
+
+
+def test_weights_are_kept_beside_the_row_and_other_weights_are_never_merged(tmp_path):
+    a = ResultStore.open(tmp_path / "a", create=True)
+    a.put_model(model(weights="a" * 64))
+    assert a.models()[0]["weights"] == "a" * 64
+    b = ResultStore.open(tmp_path / "b", create=True)
+    b.put({"method": "bn", "corruption": "fog", "severity": 5, "seed": 0, "protocol": "episodic",
+           "backbone": "resnet8", "accuracy": 50.0})
+    b.put_model(model(weights="b" * 64))
+    with pytest.raises(ValueError, match=r"other weights than this store's \(source model 'supervised' .*"
+                                         r"weights aaaaaaaaaaaaaaaa\.\.\. against bbbbbbbbbbbbbbbb\.\.\..*nothing"):
+        a.merge_from(tmp_path / "b")
+    assert a.count() == 0
+    assert weights_conflicts(a.models(), [{**model(), "key": a.models()[0]["key"], "weights": None}]) == []
+    c = ResultStore.open(tmp_path / "c", create=True)
+    c.put_model(model())  # no fingerprint (a row written before the column): pairs with any
+    assert c.models()[0]["weights"] is None
+    c.merge_from(tmp_path / "b")
+    assert c.count() == 1
+
+
+def test_a_models_table_without_the_weights_column_gains_it(tmp_path):
+    run = old_store(tmp_path / "old")
+    conn = sqlite3.connect(run / "results.sqlite")
+    conn.execute(_MODELS_SQL.replace(",\n    weights TEXT", ""))
+    conn.commit(), conn.close()
+    assert "weights" not in {r[1] for r in sqlite3.connect(run / "results.sqlite").execute("PRAGMA table_info(models)")}
+    with ResultStore.open(run) as store:
+        assert store.models() == []
+        k = store.put_model(model())
+        store.set_model_weights(k, "c" * 64)
+        store.set_model_weights(k, "d" * 64)  # only a row without one gets it
+        assert store.models()[0]["weights"] == "c" * 64

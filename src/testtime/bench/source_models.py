@@ -7,6 +7,11 @@ row is stored (same kind, source settings, split, size and seed: :func:`testtime
 is not measured again. Cells are not involved: their keys and results are the same with or without
 these rows.
 
+Each row also keeps the model's weights fingerprint (:func:`testtime.train.checkpoint.weights_fingerprint`).
+A grid whose run dir now holds other weights than those its store's cells were measured on (the
+models retrained, e.g. on another CPU, whose kernels round otherwise) stops with
+:class:`WeightsChangedError` before its first cell: cells of two weights are not one model's.
+
 Example::
 
     kinds = load_models(run)
@@ -20,10 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from testtime.bench.cells import model_kind
 from testtime.bench.evaluation import clean_accuracies
-from testtime.store.db import ResultStore, model_key
+from testtime.store.db import ResultStore, model_key, weights_conflicts
+from testtime.train.checkpoint import weights_fingerprint
 
 if TYPE_CHECKING:
     from testtime.bench.cells import BenchRun
+
+
+class WeightsChangedError(ValueError):
+    """The run dir's source models are not the weights the store's cells were measured on."""
 
 
 def load_models(run: BenchRun) -> list[str]:
@@ -50,9 +60,27 @@ def model_row(run: BenchRun, kind: str) -> dict[str, Any]:
 
 def record_clean_accuracy(run: BenchRun, store: ResultStore, kinds: Sequence[str],
                           log: Callable[[str], None] | None = print) -> int:
-    """Measure and store the clean accuracy of each model of ``kinds`` not stored yet; returns how many."""
-    rows = {kind: model_row(run, kind) for kind in kinds}
-    todo = [kind for kind in kinds if not store.has_model(rows[kind]["key"])]
+    """Measure and store the clean accuracy of each model of ``kinds`` not stored yet; returns how many.
+
+    Raises :class:`WeightsChangedError` (nothing written) when a model's stored row has another weights
+    fingerprint than the model has now; a stored row without one (written before the column) gets it.
+    """
+    rows = {kind: {**model_row(run, kind), "weights": weights_fingerprint(run.model(kind))} for kind in kinds}
+    stored = {r["key"]: r for r in store.models()}
+    changed = weights_conflicts(stored.values(), rows.values())
+    if changed:
+        where = getattr(store, "path", None) or "the results store"
+        raise WeightsChangedError(
+            f"{where}: its cells were measured on other weights than the run dir holds now ({'; '.join(changed)}; "
+            f"retrained, e.g. on another CPU?): move the store away or give another run dir")
+    for kind, row in rows.items():
+        old = stored.get(row["key"])
+        if old is not None and not old.get("weights"):
+            store.set_model_weights(row["key"], row["weights"])
+            if log:
+                log(f"[clean] {kind}: weights {row['weights'][:16]} recorded beside its stored row (written "
+                    f"before weight fingerprints: not checked)")
+    todo = [kind for kind in kinds if rows[kind]["key"] not in stored]
     if log and len(todo) < len(kinds):
         log(f"[clean] stored already: {', '.join(k for k in kinds if k not in todo)}")
     split = whole_test_split(run.data)
@@ -61,5 +89,5 @@ def record_clean_accuracy(run: BenchRun, store: ResultStore, kinds: Sequence[str
         store.put_model({**rows[kind], "accuracy_eval": acc, "accuracy_test_bn": bn, "wall_s": wall})
         if log:
             log(f"[clean] {kind}: eval mode {acc:.2f}%, test-batch BN {bn:.2f}% on {split.name} "
-                f"({len(split)} images) in {wall:.1f}s")
+                f"({len(split)} images) in {wall:.1f}s; weights {rows[kind]['weights'][:16]}")
     return len(todo)

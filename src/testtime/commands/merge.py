@@ -15,6 +15,9 @@ accuracy: another machine, or another device, whose kernels round differently) t
 Cells keep where they were measured (``device``), so ``testtime report`` can say which columns mix
 devices. ``--only`` and ``--seeds`` copy a slice (method labels; eval seeds). Every SOURCE is checked
 before anything is written; DEST (a run directory or a results.sqlite) is created when missing.
+A SOURCE whose source models have other weights than DEST's or an earlier SOURCE's (the same
+settings retrained on another CPU: another weights fingerprint in the ``models`` table) is refused:
+cells of two weights cannot be paired or averaged as one model's.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from testtime.store import ResultStore
     from testtime.store.archive import is_archive, read_jsonl
-    from testtime.store.db import StoreVersionError, check_version, store_path
+    from testtime.store.db import StoreVersionError, check_version, store_path, weights_conflicts
 
     keep = row_filter(args.only, args.seeds)
     dest = store_path(args.dest)
-    sources: list[tuple[Path, dict | None]] = []  # a store (rows read when copied) or an export's rows
+    sources: list[tuple[Path, dict]] = []  # each source's rows, read (and checked) before anything is written
     for text in args.sources:  # every source checked (an export read whole) before anything is written
         if is_archive(text):
             if not Path(text).is_file():
@@ -64,19 +67,26 @@ def run(args: argparse.Namespace) -> int:
             check_version(src)
         except StoreVersionError as e:
             raise UserError(f"SOURCE {e}") from None
-        sources.append((src, None))
+        with ResultStore.copy_to_memory(src) as other:
+            sources.append((src, other.rows(keep)))
+    models: list[dict] = []
     if dest.exists():
         try:
             check_version(dest)
         except StoreVersionError as e:
             raise UserError(f"DEST {e}") from None
+        with ResultStore.copy_to_memory(dest) as held_store:
+            models = held_store.rows()["models"]
+    for src, rows in sources:  # cells of two weights of one source model are never joined
+        clash = weights_conflicts(models, rows["models"])
+        if clash:
+            raise UserError(f"SOURCE {src}: measured on other weights than {dest} or an earlier SOURCE "
+                            f"({'; '.join(clash)}); nothing was written")
+        models += rows["models"]
 
     with ResultStore.open(dest, create=True) as store:
         total = 0
         for src, rows in sources:
-            if rows is None:
-                with ResultStore.copy_to_memory(src) as other:
-                    rows = other.rows(keep)
             held, differ = store.held(rows["cells"])
             added = store.add_rows(rows)["cells"]
             total += added

@@ -9,6 +9,7 @@ from testtime.store.db import (
     cell_config,
     cell_key,
     model_key,
+    weights_conflicts,
 )
 from testtime.store.importer import import_results_json, result_files
 from testtime.store.runner import GridSummary, parse_shard, run_grid
@@ -16,4 +17,5 @@ from testtime.store.runner import GridSummary, parse_shard, run_grid
 __all__ = [
     "SCHEMA_VERSION", "STORE_NAME", "GridSummary", "ResultStore", "StoreVersionError", "canonical_json",
     "cell_config", "cell_key", "import_results_json", "model_key", "parse_shard", "result_files", "run_grid",
+    "weights_conflicts",
 ]  # fmt: skip

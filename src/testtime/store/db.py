@@ -20,9 +20,14 @@ Tables (schema version :data:`SCHEMA_VERSION`; documented in ``docs/benchmark.md
 - ``models``: the clean accuracy of each source model a grid used: ``kind``, ``backbone``,
   ``dataset``, ``split`` and ``n_images`` (the whole test split), ``seed`` (of its shuffle),
   ``accuracy_eval`` and ``accuracy_test_bn`` (%, eval mode / test-batch BN statistics), ``wall_s``
-  and ``identity`` (JSON: the settings the model depends on); key: :func:`model_key`. Stores
-  written before this table have none: it is added, without a version change, by the first
-  :meth:`ResultStore.put_model`, and reads of a store without it find no rows.
+  and ``identity`` (JSON: the settings the model depends on); key: :func:`model_key`; and
+  ``weights``, the sha256 of the model's state dict
+  (:func:`testtime.train.checkpoint.weights_fingerprint`; not part of the key: the same settings
+  retrained on another CPU give other weights, which a grid and ``testtime merge`` refuse to mix,
+  see :func:`weights_conflicts`). Stores written before this table have none: it is added, without
+  a version change, by the first :meth:`ResultStore.put_model`, and reads of a store without it find
+  no rows; a ``models`` table written before the ``weights`` column gets it the same way (NULL:
+  unknown).
 
 Every write is one transaction, so a killed process never leaves a half-written row. A store
 written by another schema version is refused with :class:`StoreVersionError` and never modified.
@@ -99,9 +104,11 @@ CREATE TABLE IF NOT EXISTS models (
     accuracy_test_bn REAL NOT NULL,
     wall_s REAL,
     identity TEXT NOT NULL,
-    created_utc TEXT NOT NULL
+    created_utc TEXT NOT NULL,
+    weights TEXT
 );
 """
+MODEL_PROVENANCE = ("weights",)  # the model's weights_fingerprint: beside its row, not part of its key
 ROW_TABLES = ("cells", "curves", "models")  # the tables of measured rows (meta is the store's own)
 MODEL_FIELDS = ("kind", "backbone", "dataset", "split", "n_images", "seed", "accuracy_eval", "accuracy_test_bn")
 
@@ -159,7 +166,25 @@ def _model_values(row: Mapping[str, Any]) -> dict[str, Any]:
     values["wall_s"] = _finite("wall_s", row.get("wall_s"))
     values["identity"] = canonical_json(row["identity"])
     values["created_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    values["weights"] = None if row.get("weights") is None else str(row["weights"])
     return values
+
+
+def weights_conflicts(held: Iterable[Mapping[str, Any]], incoming: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per source model that ``incoming`` model rows give other weights than ``held`` ones do.
+
+    Rows pair by key (the same kind, settings, split and seed); a row without a ``weights``
+    fingerprint (a store written before the column) pairs with anything. Cells measured on two
+    different weights of one model cannot be paired or averaged as one model's.
+    """
+    known = {r["key"]: r for r in held if r.get("weights")}
+    out = []
+    for r in incoming:
+        h = known.get(r["key"])
+        if h is not None and r.get("weights") and r["weights"] != h["weights"]:
+            out.append(f"source model {r['kind']!r} (model key {r['key'][:12]}...): weights {h['weights'][:16]}... "
+                       f"against {r['weights'][:16]}...")
+    return out
 
 
 def _identity_values(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -307,10 +332,16 @@ class ResultStore:
         optionally ``wall_s``. A store without the ``models`` table gets it here.
         """
         values = _model_values(row)
-        self.conn.execute(_MODELS_SQL)  # IF NOT EXISTS: a store written before the table
+        self._add_models_table()
         with self.conn:
             self._insert("models", values, replace=True)
         return values["key"]
+
+    def set_model_weights(self, key: str, weights: str) -> None:
+        """Record the weights fingerprint of a stored model row that has none (written before the column)."""
+        self._add_models_table()
+        with self.conn:
+            self.conn.execute("UPDATE models SET weights = ? WHERE key = ? AND weights IS NULL", (weights, key))
 
     def put_many(self, rows: Iterable[Mapping[str, Any]], curves: Iterable[Mapping[str, Any]] = (),
                  *, replace: bool = True) -> int:
@@ -353,15 +384,21 @@ class ResultStore:
     def add_rows(self, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, int]:
         """Insert stored rows (as :meth:`rows` gives them; any of ``cells``, ``curves``, ``models``) whose
         key is not here yet, as they are (``created_utc``, ``device`` and cost included), in ONE
-        transaction; a key already here is kept as it is. Returns the number added per table."""
+        transaction; a key already here is kept as it is. Returns the number added per table. Model rows
+        with other weights than this store's rows of the same key raise :class:`ValueError`, nothing
+        written (:func:`weights_conflicts`)."""
         added = dict.fromkeys(ROW_TABLES, 0)
         unknown = sorted(set(tables) - set(ROW_TABLES))
         if unknown:
             raise ValueError(f"rows: unknown table(s) {unknown}; valid: {list(ROW_TABLES)}")
         items = {t: list(tables.get(t, ())) for t in ROW_TABLES}
+        clash = weights_conflicts(self.models(), items["models"]) if items["models"] else []
+        if clash:
+            raise ValueError(f"rows: measured on other weights than this store's ({'; '.join(clash)}); nothing was "
+                             f"written")
         self._add_provenance()
         if items["models"]:
-            self.conn.execute(_MODELS_SQL)  # IF NOT EXISTS: a store written before the table
+            self._add_models_table()
         with self.conn:
             for table, values in items.items():
                 for v in values:
@@ -394,15 +431,25 @@ class ResultStore:
         checked once per open store, not at every write."""
         if self._has_provenance:
             return
-        have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
-        for col in PROVENANCE:
+        self._add_text_columns("cells", PROVENANCE)
+        self._has_provenance = True
+
+    def _add_models_table(self) -> None:
+        """Create the ``models`` table in a store written before it, and its :data:`MODEL_PROVENANCE`
+        columns in one written before them (NULL in its rows)."""
+        self.conn.execute(_MODELS_SQL)  # IF NOT EXISTS
+        self._add_text_columns("models", MODEL_PROVENANCE)
+
+    def _add_text_columns(self, table: str, columns: Iterable[str]) -> None:
+        """Add the TEXT ``columns`` that ``table`` lacks (a store written before them)."""
+        have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+        for col in columns:
             if col not in have:
                 try:
-                    self.conn.execute(f"ALTER TABLE cells ADD COLUMN {col} TEXT")
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
                 except sqlite3.OperationalError as exc:  # a shard sharing the store added it just now
                     if "duplicate column" not in str(exc):
                         raise
-        self._has_provenance = True
 
     def _insert(self, table: str, values: Mapping[str, Any], *, replace: bool) -> int:
         """Write one row; returns 1 if written, 0 if ignored (``replace=False`` and its key is here)."""

@@ -205,6 +205,21 @@ def module_tensors(modules: dict[str, nn.Module], prefix: str = "model") -> dict
     return out
 
 
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 (hex) of a module's state dict: every entry's name, dtype, shape and bytes, in name order.
+
+    Two modules with the same fingerprint compute the same function bit for bit; a model retrained by
+    the same command on another CPU (whose kernels round otherwise) gets another one. A results store
+    keeps it beside each source model's row, so cells measured on other weights are never mixed.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def load_module_tensors(
     modules: dict[str, nn.Module], tensors: dict[str, torch.Tensor], *, prefix: str = "model", source: str = ""
 ) -> None:
