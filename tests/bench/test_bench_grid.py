@@ -322,3 +322,32 @@ def test_load_models_loads_each_kind_once_in_order_of_first_use():
     run = SimpleNamespace(bench=bench, model=loaded.append)
     assert load_models(run) == ["supervised", "aligned", "joint"]
     assert loaded == ["supervised", "aligned", "joint"]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_store_beside_retrained_weights_is_refused_before_any_cell(reference, tmp_path, capsys):
+    import json
+
+    from testtime.train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.sqlite").write_bytes((reference / "results.sqlite").read_bytes())  # kept, or merged back
+    tensors, meta = load_checkpoint(reference / "supervised")
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and k.endswith("weight"))
+    tensors[name] = tensors[name] + 1e-6  # the same command on another CPU: other rounding, other weights
+    save_checkpoint(run / "supervised", tensors, meta)
+    assert json.loads((run / "supervised.json").read_text())["meta"] == meta
+    before = cells_of(run)
+    with ResultStore.open(run) as store:
+        store.conn.execute("DELETE FROM cells WHERE rowid IN (SELECT rowid FROM cells LIMIT 2)")
+        store.conn.commit()
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its cells were measured on other weights than the run dir holds now" in err
+    assert "source model 'supervised'" in err and "move the store away or give another run dir" in err
+    assert len(cells_of(run)) == len(before) - 2  # no cell measured on the retrained weights
+    (run / "results.sqlite").rename(run / "old.sqlite")
+    assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0  # a fresh store: measured again
+    assert cells_of(run).keys() == before.keys()

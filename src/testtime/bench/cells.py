@@ -71,6 +71,7 @@ class BenchRun:
         self.data = load_data(self.cfg.data)
         check_runnable(checked, self.data)
         self._models: dict[str, nn.Module] = {}
+        self._weights: dict[str, str] = {}
         self._methods: dict[tuple, tuple[nn.Module, CostMeter]] = {}
         self._domains: dict[tuple, Domain] = {}
         self._subsets: dict[int, Any] = {}
@@ -114,6 +115,14 @@ class BenchRun:
         if kind not in self._models:
             self._models[kind] = self._load_model(kind)
         return self._models[kind]
+
+    def weights(self, kind: str) -> str:
+        """The weights fingerprint of the source model of ``kind`` (computed once)."""
+        if kind not in self._weights:
+            from testtime.train.checkpoint import weights_fingerprint
+
+            self._weights[kind] = weights_fingerprint(self.model(kind))
+        return self._weights[kind]
 
     def _load_model(self, kind: str) -> nn.Module:
         from testtime.train.pipeline import run_stages
@@ -229,7 +238,7 @@ class BenchRun:
             state = {"method": method, "meter": meter, "order": proto.order, "batches": batches, "pos": 0,
                      "next": 0, "results": {}}
             self._continual[key] = state
-            done = load_stream(path, method, cell, names)
+            done = load_stream(path, method, cell, names, self.weights(model_kind(label, self.bench.methods[label])))
             if done:
                 state["next"] = done
                 state["pos"] = next(i for i, b in enumerate(batches) if b.domain == names[done])
@@ -246,7 +255,8 @@ class BenchRun:
                                                    state["order"])
             state["next"] += 1
             if state["next"] < len(names):
-                save_stream(path, state["method"], cell, names[: state["next"]])
+                save_stream(path, state["method"], cell, names[: state["next"]],
+                            self.weights(model_kind(label, self.bench.methods[label])))
             else:
                 drop_stream(path)
         return state["results"][corr]
