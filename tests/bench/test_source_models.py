@@ -46,7 +46,8 @@ def fake_run(models: dict[str, nn.Module], calls: list[str]) -> SimpleNamespace:
 
     cfg = SimpleNamespace(seed=3, model=SimpleNamespace(arch="lin"))
     return SimpleNamespace(data=SimpleNamespace(pool=split, test=None), cfg=cfg, device="cpu", dataset=lambda: "grey",
-                           source_identity=lambda k: {"kind": k, "x": 1}, model=model)
+                           source_identity=lambda k: {"kind": k, "x": 1}, model=model,
+                           weights=lambda k: weights_fingerprint(models[k]))
 
 
 def test_each_model_is_measured_once_and_stored_with_its_identity():
@@ -68,7 +69,7 @@ def test_each_model_is_measured_once_and_stored_with_its_identity():
     assert not bn.training and bn.momentum == 0.1 and bn.running_mean.item() == 0.5
     calls.clear(), lines.clear()
     assert record_clean_accuracy(run, store, ["supervised", "joint"], log=lines.append) == 0
-    assert lines == ["[clean] stored already: supervised, joint"]  # read for their fingerprints, not measured
+    assert calls == [] and lines == ["[clean] stored already: supervised, joint"]
     assert sup["weights"] == weights_fingerprint(models["supervised"]) != rows["joint"]["weights"]
 
 

@@ -7,7 +7,8 @@ row is stored (same kind, source settings, split, size and seed: :func:`testtime
 is not measured again. Cells are not involved: their keys and results are the same with or without
 these rows.
 
-Each row also keeps the model's weights fingerprint (:func:`testtime.train.checkpoint.weights_fingerprint`).
+Each row also keeps the model's weights fingerprint (:meth:`BenchRun.weights`:
+:func:`testtime.train.checkpoint.weights_fingerprint` of the source model, which methods adapt copies of).
 A grid whose run dir now holds other weights than those its store's cells were measured on (the
 models retrained, e.g. on another CPU, whose kernels round otherwise) stops with
 :class:`WeightsChangedError` before its first cell: cells of two weights are not one model's.
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from testtime.bench.cells import model_kind
 from testtime.bench.evaluation import clean_accuracies
 from testtime.store.db import ResultStore, model_key, weights_conflicts
-from testtime.train.checkpoint import weights_fingerprint
 
 if TYPE_CHECKING:
     from testtime.bench.cells import BenchRun
@@ -65,7 +65,7 @@ def record_clean_accuracy(run: BenchRun, store: ResultStore, kinds: Sequence[str
     Raises :class:`WeightsChangedError` (nothing written) when a model's stored row has another weights
     fingerprint than the model has now; a stored row without one (written before the column) gets it.
     """
-    rows = {kind: {**model_row(run, kind), "weights": weights_fingerprint(run.model(kind))} for kind in kinds}
+    rows = {kind: {**model_row(run, kind), "weights": run.weights(kind)} for kind in kinds}
     stored = {r["key"]: r for r in store.models()}
     changed = weights_conflicts(stored.values(), rows.values())
     if changed:
