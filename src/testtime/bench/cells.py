@@ -227,6 +227,7 @@ class BenchRun:
         names = list(self.bench.corruptions)
         target = names.index(corr)
         path = stream_path(self.run_dir, cell)
+        weights = self.weights(model_kind(label, self.bench.methods[label]))  # the stream's source model
         if state is None or (corr not in state["results"] and state["next"] > target):
             method, meter = self.method(label, chosen, "continual")
             proto = self.protocol(label, "continual", seed)
@@ -238,7 +239,7 @@ class BenchRun:
             state = {"method": method, "meter": meter, "order": proto.order, "batches": batches, "pos": 0,
                      "next": 0, "results": {}}
             self._continual[key] = state
-            done = load_stream(path, method, cell, names, self.weights(model_kind(label, self.bench.methods[label])))
+            done = load_stream(path, method, cell, names, weights)
             if done:
                 state["next"] = done
                 state["pos"] = next(i for i, b in enumerate(batches) if b.domain == names[done])
@@ -255,8 +256,7 @@ class BenchRun:
                                                    state["order"])
             state["next"] += 1
             if state["next"] < len(names):
-                save_stream(path, state["method"], cell, names[: state["next"]],
-                            self.weights(model_kind(label, self.bench.methods[label])))
+                save_stream(path, state["method"], cell, names[: state["next"]], weights)
             else:
                 drop_stream(path)
         return state["results"][corr]

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         except StoreVersionError as e:
             raise UserError(f"DEST {e}") from None
         with ResultStore.copy_to_memory(dest) as held_store:
-            models = held_store.rows()["models"]
+            models = held_store.models()
     for src, rows in sources:  # cells of two weights of one source model are never joined
         clash = weights_conflicts(models, rows["models"])
         if clash:
