@@ -69,7 +69,7 @@ def record_clean_accuracy(run: BenchRun, store: ResultStore, kinds: Sequence[str
     stored = {r["key"]: r for r in store.models()}
     changed = weights_conflicts(stored.values(), rows.values())
     if changed:
-        where = getattr(store, "path", None) or "the results store"
+        where = store.path or "the results store"
         raise WeightsChangedError(
             f"{where}: its cells were measured on other weights than the run dir holds now ({'; '.join(changed)}; "
             f"retrained, e.g. on another CPU?): move the store away or give another run dir")
