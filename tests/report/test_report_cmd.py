@@ -139,3 +139,27 @@ def test_report_of_real_pipeline_and_bench_output(tmp_path):
     assert f"{np.mean(acc):.2f}" in md.split("| Mean |")[1].split("\n")[0]
     assert "- protocol: protocol=episodic, reset=batch, batch_size=16, shuffle=True, seed=0" in md
     assert (run / "report" / "iterations-0.png").is_file()
+
+
+def test_report_only_and_seeds_slice_the_cells(tmp_path, capsys):
+    run = run_dir_with_store(tmp_path)
+    before = (run / "results.sqlite").read_bytes()
+    out = tmp_path / "r"
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--only", "source,cta",
+                 "--seeds", "1"]) == 0
+    md = (out / "report.md").read_text()
+    # severity 5, seed 1 only: source 22 / 52, cta 44 / 74; tent left out everywhere
+    assert "| corruption | source | cta |" in md and "tent" not in md
+    assert "| Mean | 37.00 | **59.00** |" in md
+    assert (run / "results.sqlite").read_bytes() == before
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--only", "cta,memo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only: memo not in" in err and "it holds: cta, source, tent" in err
+    assert main(["report", str(run), "--no-plots", "--out", str(out), "--seeds", "7"]) == 2
+    assert "--seeds: 7 not in" in capsys.readouterr().err
+    assert main(["report", str(run), "--no-plots", "--out", str(out), "--seeds", "x"]) == 2
+    assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
+    # a pair whose side the slice leaves out is refused, nothing written
+    assert main(["report", str(run), "--no-plots", "--out", str(tmp_path / "r2"), "--only", "cta",
+                 "--pair", "cta,tent"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r2").exists()

@@ -7,6 +7,7 @@ Examples::
     testtime report runs/cifar10-cpu --no-plots --out /tmp/report
     testtime report runs/cifar10-cpu --pair cotta-mt1,cotta-paper@reset-per-domain --pair tent@continual,bn
     testtime report runs/cifar10-cpu --against runs/cifar10-cpu-v9 --against-only bn,cta   # two models' rows
+    testtime report runs/cifar10-cpu --only source,bn,cta,tent --seeds 0,1   # a slice of the cells
 
 Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
 of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
@@ -19,15 +20,19 @@ corruption draws): mean ± std over seeds, per corruption, on how many corruptio
 ``--against OTHER_RUN_DIR`` adds the same for each row of RUN_DIR against the same row (label,
 protocol, severity) of another run directory (e.g. the grid on another source model), on the cells
 both measured on the same test images and stream; the config fields that differ are named under it.
+``--only LABELS`` and ``--seeds SEEDS`` report a slice of the cells (method labels; eval seeds), e.g.
+the complete rows of a grid still running; the source models' rows are kept whole.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
+from testtime.commands._slice import row_filter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also each row − the same row of another run directory (paired on the same images)")
     p.add_argument("--against-only", metavar="LABELS",
                    help="with --against: only these labels (comma-separated)")
+    p.add_argument("--only", metavar="LABELS", help="report only the cells of these method labels (comma-separated)")
+    p.add_argument("--seeds", metavar="SEEDS", help="report only the cells of these eval seeds (comma-separated)")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.set_defaults(func=run)
 
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         only = [x.strip() for x in args.against_only.split(",") if x.strip()]
         if not only:
             raise UserError("--against-only: give labels, comma-separated (e.g. bn,cta)")
+    keep = row_filter(args.only, args.seeds)
     run_dir = Path(args.run_dir)
     other = None
     if args.against is not None:
@@ -73,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             other = load_run(args.against)
         except (OSError, ValueError) as e:
             raise UserError(f"--against: {e}") from None
-    with load_run(run_dir) as store:
+    with load_run(run_dir) as full, (_slice(full, keep, args) if keep else nullcontext(full)) as store:
         try:
             compared = against(store, other, args.against, only) if other is not None else []
             files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
@@ -90,3 +98,20 @@ def run(args: argparse.Namespace) -> int:
         print(files[0].read_text())
     print(f"wrote {len(files)} files to {files[0].parent} (report: {files[0]})")
     return 0
+
+
+def _slice(store, keep, args: argparse.Namespace):
+    """A new in-memory store of the cells (and curves) ``keep`` chooses, the source models' rows whole; a
+    label or seed of ``--only`` / ``--seeds`` that the run does not hold is refused, naming those it holds."""
+    from testtime.commands._slice import labels, seeds
+    from testtime.store import ResultStore
+
+    for flag, wanted, column in (("--only", labels(args.only), "label"), ("--seeds", seeds(args.seeds), "seed")):
+        held = set(store.distinct(column)) | set(store.distinct(column, "curves"))
+        missing = sorted(wanted - held) if wanted is not None else []
+        if missing:
+            raise UserError(f"{flag}: {', '.join(map(str, missing))} not in {args.run_dir}; it holds: "
+                            f"{', '.join(map(str, sorted(held)))}")
+    sliced = ResultStore.memory()
+    sliced.add_rows(store.rows(keep))
+    return sliced
