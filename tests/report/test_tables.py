@@ -8,7 +8,7 @@ import io
 import pytest
 from report_fixtures import PROTO, hand_store
 
-from testtime.report.tables import build_tables, fmt_delta, to_csv, to_latex, to_markdown
+from testtime.report.tables import build_tables, fmt_delta, protocol_name, to_csv, to_latex, to_markdown
 
 
 def md_rows(text: str) -> dict[str, list[str]]:
@@ -129,3 +129,12 @@ def test_reference_with_several_hyperparameter_sets_is_not_called_absent():
                                      (1.234, "+1.23"), (-2.5, "-2.50"), (None, "—")])
 def test_fmt_delta_never_prints_minus_zero(d, text):
     assert fmt_delta(d) == text
+
+
+@pytest.mark.parametrize("protocol, name", [("reset-per-domain", "reset-per-domain"),
+                                            ("protocol=episodic, reset=batch, batch_size=4", "episodic"),
+                                            (" continual ", "continual")])
+def test_protocol_name_in_each_table_title(protocol, name):
+    assert protocol_name(protocol) == name
+    t5 = build_tables(hand_store())[0]  # the fixture's protocol line: episodic
+    assert to_markdown(t5).startswith("### cifar10 · resnet8 · episodic · severity 5\n")

@@ -30,7 +30,7 @@ from pathlib import Path
 from testtime.report.models import models_csv, models_markdown
 from testtime.report.paired import Paired, Side, paired, paired_csv, paired_markdown
 from testtime.report.summary import build_summaries, summary_csv, summary_markdown
-from testtime.report.tables import build_tables, table_title, to_csv, to_latex, to_markdown
+from testtime.report.tables import build_tables, protocol_name, to_csv, to_latex, to_markdown
 from testtime.store.db import STORE_NAME, ResultStore
 from testtime.store.importer import import_results_json, result_files
 
@@ -153,6 +153,6 @@ def _severity_plots(tables, out_dir: Path, written: list[Path], P) -> list[str]:
         files = P.plot_severity(sorted(ts, key=lambda t: t.severity), out_dir / f"severity-{k}")
         k += 1
         written += files
-        md += [f"### Accuracy against severity: {table_title(ts[0]).rsplit(' · ', 1)[0]}", "",
+        md += [f"### Accuracy against severity: {ts[0].dataset} · {ts[0].backbone} · {protocol_name(protocol)}", "",
                f"- protocol: {protocol}", "", f"![severity]({files[0].name})", ""]
     return md

@@ -189,8 +189,15 @@ def device_notes(t: Table, devices: Mapping[int, Counter]) -> list[str]:
     return out
 
 
+def protocol_name(protocol: str) -> str:
+    """A protocol's name for a title: a grid's ``reset-per-domain`` as it is; ``episodic`` of an imported
+    ``protocol=episodic, reset=batch, ...`` line (its whole text stays in the lines above the table)."""
+    first = protocol.split(",", 1)[0].strip()
+    return first.partition("=")[2].strip() if first.startswith("protocol=") else first
+
+
 def table_title(t: Table) -> str:
-    return f"{t.dataset} · {t.backbone} · severity {t.severity}"
+    return f"{t.dataset} · {t.backbone} · {protocol_name(t.protocol)} · severity {t.severity}"
 
 
 def hparams_text(hp: dict[str, Any]) -> str:
