@@ -32,7 +32,7 @@ from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
-from testtime.commands._slice import row_filter
+from testtime.commands._slice import labels, row_filter, seeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
 def _slice(store, keep, args: argparse.Namespace):
     """A new in-memory store of the cells (and curves) ``keep`` chooses, the source models' rows whole; a
     label or seed of ``--only`` / ``--seeds`` that the run does not hold is refused, naming those it holds."""
-    from testtime.commands._slice import labels, seeds
     from testtime.store import ResultStore
 
     for flag, wanted, column in (("--only", labels(args.only), "label"), ("--seeds", seeds(args.seeds), "seed")):
