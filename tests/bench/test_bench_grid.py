@@ -239,6 +239,25 @@ def test_only_runs_a_slice_whose_cells_are_the_whole_grids(reference, tmp_path):
     assert sliced == {k: v for k, v in cells_of(reference).items() if v[0] in ("bn", "tent")}
 
 
+@needs_fmnist
+@pytest.mark.slow
+def test_fewer_eval_seeds_or_more_severities_keep_the_cells_of_the_whole_grid(reference, tmp_path):
+    """`--set eval_seeds=[1]` (or severities) runs a slice whose cells are the whole grid's, so a
+    later full run skips them; a severity the reference never had adds cells of its own."""
+    run = _with_checkpoint(reference, tmp_path / "run")
+    argv = ["bench", "tiny", "--run-dir", str(run), "--only", "bn", "--quiet"]
+    assert main(argv + ["--set", "eval_seeds=[1]"]) == 0
+    ref = cells_of(reference)
+    assert cells_of(run) == {k: v for k, v in ref.items() if v[0] == "bn" and v[3] == 1}
+    assert main(argv + ["--set", "severities=[3,5]"]) == 0
+    with ResultStore.open(run) as store:
+        rows = store.cells(label="bn")
+    assert len(rows) == 2 * 2 * 2  # 2 severities x 2 eval seeds x 2 corruptions
+    assert (run / "grid.log").read_text().count("done:") == 2 + 6  # the first run's 2 cells not rerun
+    assert {k: v for k, v in cells_of(run).items() if k in ref} == {k: v for k, v in ref.items() if v[0] == "bn"}
+    assert sorted({r["severity"] for r in rows}) == [3, 5]
+
+
 def test_only_names_the_valid_labels(tmp_path, capsys):
     assert main(["bench", "tiny", "--run-dir", str(tmp_path / "r"), "--only", "bn,tentt"]) == 2
     err = capsys.readouterr().err
