@@ -116,6 +116,13 @@ def test_export_a_slice(tmp_path, capsys):
     assert main(["export", str(run / "results.sqlite"), str(out), "--only", "ttt", "--seeds", "1,2"]) == 0
     rows = [json.loads(r) for r in out.read_text().splitlines()[1:]]
     assert sorted((r["label"], r["seed"]) for r in rows) == [("ttt", 1), ("ttt", 2)]
+    store(run, cell(seed=1, severity=3))
+    assert main(["export", str(run), str(out), "--severities", "3"]) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()[1:]]
+    assert [(r["seed"], r["severity"]) for r in rows] == [(1, 3)]
+    assert main(["merge", str(tmp_path / "dest"), str(run), "--severities", "5", "--seeds", "1"]) == 0
+    with ResultStore.open(tmp_path / "dest") as s:
+        assert sorted((r["label"], r["seed"], r["severity"]) for r in s.cells()) == [("bn", 1, 5), ("ttt", 1, 5)]
 
 
 def test_export_bad_input_fails_in_one_line_before_writing(tmp_path, capsys):

@@ -159,6 +159,14 @@ def test_report_only_and_seeds_slice_the_cells(tmp_path, capsys):
     assert "--seeds: 7 not in" in capsys.readouterr().err
     assert main(["report", str(run), "--no-plots", "--out", str(out), "--seeds", "x"]) == 2
     assert "--seeds: expected comma-separated integers" in capsys.readouterr().err
+    # one severity's tables: the severity-3 cells only (tent's two settings, cta's one corruption)
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--severities", "3"]) == 0
+    md = (out / "report.md").read_text()
+    assert "severity 3" in md and "severity 5" not in md
+    assert main(["report", str(run), "--no-plots", "--out", str(out), "--severities", "4"]) == 2
+    assert "--severities: 4 not in" in (err := capsys.readouterr().err) and "it holds: 3, 5" in err
+    assert main(["report", str(run), "--no-plots", "--out", str(out), "--severities", "5,x"]) == 2
+    assert "--severities: expected comma-separated integers, e.g. 5; got '5,x'" in capsys.readouterr().err
     # a pair whose side the slice leaves out is refused, nothing written
     assert main(["report", str(run), "--no-plots", "--out", str(tmp_path / "r2"), "--only", "cta",
                  "--pair", "cta,tent"]) == 2

@@ -11,9 +11,10 @@ then every row of the store's cells, curves and source models' clean accuracies,
 as stored (key, config, created_utc, device, cost), sorted by table and key. Exporting the same store
 twice gives the same bytes, and a store that gained cells gives a diff of those lines. OUT ending in
 .gz is gzipped (no name or time in its header). OUT is written under a temporary name in its folder
-and then renamed, so it is never half-written. ``--only`` and ``--seeds`` export a slice (method labels;
-eval seeds; model rows are always exported). ``testtime merge DEST OUT`` checks every line (JSON,
-columns, each key recomputed from its config) before it adds the rows DEST lacks, with their times.
+and then renamed, so it is never half-written. ``--only``, ``--seeds`` and ``--severities`` export a
+slice (method labels; eval seeds; severities; model rows are always exported). ``testtime merge DEST
+OUT`` checks every line (JSON, columns, each key recomputed from its config) before it adds the rows
+DEST lacks, with their times.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
-from testtime.commands._slice import row_filter
+from testtime.commands._slice import add_arguments, row_filter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", metavar="RUN_DIR_OR_SQLITE", help="the store to export (run directory or results.sqlite)")
     p.add_argument("out", metavar="OUT", help="the file to write: *.jsonl, or *.jsonl.gz to gzip it")
-    p.add_argument("--only", metavar="LABELS", help="export only the cells of these method labels (comma-separated)")
-    p.add_argument("--seeds", metavar="SEEDS", help="export only the cells of these eval seeds (comma-separated)")
+    add_arguments(p, "export")
     p.set_defaults(func=run)
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.store.archive import export_jsonl, is_archive
     from testtime.store.db import StoreVersionError, check_version, store_path
 
-    keep = row_filter(args.only, args.seeds)
+    keep = row_filter(args)
     src, out = store_path(args.store), Path(args.out)
     if not src.is_file():
         raise UserError(f"RUN_DIR_OR_SQLITE {src}: no results store there")

@@ -13,8 +13,9 @@ directory, a results.sqlite, or a store's export by ``testtime export``, ``*.jso
 config. A cell DEST holds already is kept as it is; when the SOURCE measured it otherwise (another
 accuracy: another machine, or another device, whose kernels round differently) the count is printed.
 Cells keep where they were measured (``device``), so ``testtime report`` can say which columns mix
-devices. ``--only`` and ``--seeds`` copy a slice (method labels; eval seeds). Every SOURCE is checked
-before anything is written; DEST (a run directory or a results.sqlite) is created when missing.
+devices. ``--only``, ``--seeds`` and ``--severities`` copy a slice (method labels; eval seeds;
+severities). Every SOURCE is checked before anything is written; DEST (a run directory or a
+results.sqlite) is created when missing.
 A SOURCE whose source models have other weights than DEST's or an earlier SOURCE's (the same
 settings retrained on another CPU: another weights fingerprint in the ``models`` table) is refused:
 cells of two weights cannot be paired or averaged as one model's.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
-from testtime.commands._slice import row_filter
+from testtime.commands._slice import add_arguments, row_filter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dest", metavar="DEST", help="the store to copy into (run directory or results.sqlite)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="stores to copy from (run directories, .sqlite, or exports: .jsonl, .jsonl.gz)")
-    p.add_argument("--only", metavar="LABELS", help="copy only the cells of these method labels (comma-separated)")
-    p.add_argument("--seeds", metavar="SEEDS", help="copy only the cells of these eval seeds (comma-separated)")
+    add_arguments(p, "copy")
     p.set_defaults(func=run)
 
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.store.archive import is_archive, read_jsonl
     from testtime.store.db import StoreVersionError, check_version, store_path, weights_conflicts
 
-    keep = row_filter(args.only, args.seeds)
+    keep = row_filter(args)
     dest = store_path(args.dest)
     sources: list[tuple[Path, dict]] = []  # each source's rows, read (and checked) before anything is written
     for text in args.sources:  # every source checked (an export read whole) before anything is written

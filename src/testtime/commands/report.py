@@ -8,6 +8,7 @@ Examples::
     testtime report runs/cifar10-cpu --pair cotta-mt1,cotta-paper@reset-per-domain --pair tent@continual,bn
     testtime report runs/cifar10-cpu --against runs/cifar10-cpu-v9 --against-only bn,cta   # two models' rows
     testtime report runs/cifar10-cpu --only source,bn,cta,tent --seeds 0,1   # a slice of the cells
+    testtime report runs/cifar10-cpu --only source,bn,memo --severities 5     # one severity's tables
 
 Reads ``RUN_DIR/results.sqlite`` (the results store) and the ``results.json`` / ``bench-*.json``
 of ``testtime cta`` / ``testtime bench`` (their cells are imported in memory; the run directory is
@@ -20,8 +21,9 @@ corruption draws): mean ± std over seeds, per corruption, on how many corruptio
 ``--against OTHER_RUN_DIR`` adds the same for each row of RUN_DIR against the same row (label,
 protocol, severity) of another run directory (e.g. the grid on another source model), on the cells
 both measured on the same test images and stream; the config fields that differ are named under it.
-``--only LABELS`` and ``--seeds SEEDS`` report a slice of the cells (method labels; eval seeds), e.g.
-the complete rows of a grid still running; the source models' rows are kept whole.
+``--only LABELS``, ``--seeds SEEDS`` and ``--severities SEVERITIES`` report a slice of the cells
+(method labels; eval seeds; severities), e.g. the complete rows of a grid still running; the source
+models' rows are kept whole.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from testtime.cli import UserError
 from testtime.commands import plain
-from testtime.commands._slice import labels, row_filter, seeds
+from testtime.commands._slice import add_arguments, row_filter, wanted
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,8 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also each row − the same row of another run directory (paired on the same images)")
     p.add_argument("--against-only", metavar="LABELS",
                    help="with --against: only these labels (comma-separated)")
-    p.add_argument("--only", metavar="LABELS", help="report only the cells of these method labels (comma-separated)")
-    p.add_argument("--seeds", metavar="SEEDS", help="report only the cells of these eval seeds (comma-separated)")
+    add_arguments(p, "report")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.set_defaults(func=run)
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         only = [x.strip() for x in args.against_only.split(",") if x.strip()]
         if not only:
             raise UserError("--against-only: give labels, comma-separated (e.g. bn,cta)")
-    keep = row_filter(args.only, args.seeds)
+    keep = row_filter(args)
     run_dir = Path(args.run_dir)
     other = None
     if args.against is not None:
@@ -102,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _slice(store, keep, args: argparse.Namespace):
     """A new in-memory store of the cells (and curves) ``keep`` chooses, the source models' rows whole; a
-    label or seed of ``--only`` / ``--seeds`` that the run does not hold is refused, naming those it holds."""
+    label, seed or severity of ``--only`` / ``--seeds`` / ``--severities`` that the run does not hold is
+    refused, naming those it holds."""
     from testtime.store import ResultStore
 
-    for flag, wanted, column in (("--only", labels(args.only), "label"), ("--seeds", seeds(args.seeds), "seed")):
+    for flag, column, values in wanted(args):
         held = set(store.distinct(column)) | set(store.distinct(column, "curves"))
-        missing = sorted(wanted - held) if wanted is not None else []
+        missing = sorted(values - held)
         if missing:
             raise UserError(f"{flag}: {', '.join(map(str, missing))} not in {args.run_dir}; it holds: "
                             f"{', '.join(map(str, sorted(held)))}")
