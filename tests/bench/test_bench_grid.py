@@ -370,3 +370,12 @@ def test_a_store_beside_retrained_weights_is_refused_before_any_cell(reference, 
     (run / "results.sqlite").rename(run / "old.sqlite")
     assert main(["bench", "tiny", "--run-dir", str(run), "--quiet"]) == 0  # a fresh store: measured again
     assert cells_of(run).keys() == before.keys()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_stop_by_far_ahead_runs_the_whole_slice(reference, tmp_path, capsys):
+    run = _with_checkpoint(reference, tmp_path / "run")
+    assert main(["bench", "tiny", "--run-dir", str(run), "--only", "bn", "--stop-by", "3h", "--quiet"]) == 0
+    assert "--stop-by" not in capsys.readouterr().out  # nothing left
+    assert cells_of(run) == {k: v for k, v in cells_of(reference).items() if v[0] == "bn"}

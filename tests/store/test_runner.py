@@ -161,3 +161,27 @@ def test_concurrent_shards_create_and_fill_one_store(tmp_path):
     with ResultStore.open(tmp_path / "run") as store:
         assert snapshot(store) == snapshot(ref)
     assert (tmp_path / "run" / "grid.log").read_text().count("finished") == 3
+
+
+def test_stop_by_starts_no_cell_expected_to_end_after_it_and_the_rerun_completes(tmp_path):
+    """Each cell takes 100 s on the clock: with a deadline 450 s away the cells at 0, 100, 200 and 300 s
+    start (each expected to end by 100 s later), the one at 400 s does not (400 + 100 > 450)."""
+    cells = grid()
+    ref = ResultStore.open(tmp_path / "ref", create=True)
+    run_grid(cells, evaluate, ref, progress=False)
+    now = {"t": 1_000_000.0}
+
+    def slow(cell):
+        now["t"] += 100.0
+        return evaluate(cell)
+
+    store = ResultStore.open(tmp_path / "run", create=True)
+    s = run_grid(cells, slow, store, progress=False, stop_by=now["t"] + 450, clock=lambda: now["t"])
+    assert (s.ran, s.left, store.count()) == (4, 14, 4)
+    log = (tmp_path / "run" / "grid.log").read_text()
+    assert "stopped before cell 5/18" in log and "14 left, the same command resumes" in log
+    s = run_grid(cells, slow, store, progress=False, stop_by=now["t"] - 1, clock=lambda: now["t"])  # passed
+    assert (s.ran, s.left) == (0, 14)
+    s = run_grid(cells, evaluate, store, progress=False)
+    assert (s.skipped, s.ran, s.left) == (4, 14, 0)
+    assert snapshot(store) == snapshot(ref)

@@ -51,8 +51,13 @@ def build_cells(run: BenchRun) -> list[dict[str, Any]]:
 
 
 def run_bench(bench: BenchConfig, run_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
-              log: Callable[[str], None] | None = print, progress: bool = True) -> GridSummary:
-    """Run (or resume) this shard of the grid of ``bench`` into ``<run_dir>/results.sqlite``."""
+              log: Callable[[str], None] | None = print, progress: bool = True,
+              stop_by: float | None = None) -> GridSummary:
+    """Run (or resume) this shard of the grid of ``bench`` into ``<run_dir>/results.sqlite``.
+
+    ``stop_by``: a deadline (seconds since the epoch) for starting cells (:func:`run_grid`); the
+    source models' training and the held-out choices before the first cell are not cut short by it.
+    """
     from testtime.train.checkpoint import _atomic_write, environment
 
     run_dir = Path(run_dir)
@@ -80,7 +85,7 @@ def run_bench(bench: BenchConfig, run_dir: str | Path, *, shard: tuple[int, int]
         _atomic_write(run_dir / f"grid-{bench.name}.json", json.dumps(info, indent=2, default=str).encode())
         record_clean_accuracy(run, store, load_models(run), log=tee)
         cells = build_cells(run)
-        return run_grid(cells, run.evaluate_cell, store, shard=shard, progress=progress, log=log)
+        return run_grid(cells, run.evaluate_cell, store, shard=shard, progress=progress, log=log, stop_by=stop_by)
 
 
 def _tee(path: Path, log: Callable[[str], None] | None) -> Callable[[str], None]:

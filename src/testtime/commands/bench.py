@@ -5,13 +5,15 @@ docs/benchmark.md)::
 
     testtime bench cifar10-cpu-bench --set source.data.root=/data/cifar10-jpeg
     testtime bench my-grid.yaml --set eval_seeds=[0] --set methods.tent.candidates.lr=[1e-3] --shard 0/4
+    testtime bench cifar10-cpu-bench --only memo,ttt --stop-by 2h30m      # or "2026-12-07 18:00" (UTC)
 
 methods x protocols x corruptions x severities x eval seeds, hyperparameters chosen on the held-out
 corruptions; every cell (accuracy and cost) goes to ``<run-dir>/results.sqlite`` as soon as it is
 measured (the run dir defaults to ``runs/<source preset name>``, where ``testtime train`` / ``testtime
 cta`` put that preset's checkpoints, which are reused): run the same command again to resume;
-``--shard i/n`` splits the grid between jobs; ``testtime report RUN_DIR`` makes the tables.
-Log: ``<run-dir>/bench.log`` and ``grid.log``.
+``--shard i/n`` splits the grid between jobs; ``--stop-by`` starts no cell expected to end after a
+time (a session's or an allocation's end: nothing is lost half-run); ``testtime report RUN_DIR``
+makes the tables. Log: ``<run-dir>/bench.log`` and ``grid.log``.
 
 The baselines on a preset (flags only; results in ``bench-<protocol>.json``)::
 
@@ -27,8 +29,10 @@ and a markdown table is printed.
 from __future__ import annotations
 
 import argparse
+import calendar
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "whole grid; under torchrun, RANK/WORLD_SIZE)")
     p.add_argument("--only", metavar="LABELS", help="grid mode: run only these of the config's method labels "
                    "(comma-separated); their cells are the same as in the whole grid's run")
+    p.add_argument("--stop-by", metavar="WHEN", help="grid mode: start no cell expected to end after WHEN: "
+                   "'YYYY-MM-DD HH:MM' or 'HH:MM' (UTC; the next such time) or a duration (90m, 2h, 2h30m); "
+                   "the same command resumes")
     _common(p)  # --preset, --config, --set, --run-dir, --quiet: the same as `testtime train`
     p.add_argument("--methods", help="comma-separated registered methods (see `testtime methods`; default: "
                    "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++)")
@@ -126,15 +133,51 @@ def run_grid_config(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}" for k in FLAG_ONLY if getattr(args, k) not in (None, [])]
     if given:
         raise UserError(f"{', '.join(given)}: not with a bench CONFIG (set them in the YAML file, or with --set)")
+    stop_by = None if args.stop_by is None else parse_stop_by(args.stop_by)
     shard = grid_shard(args.shard)
     bench = only_methods(load_bench_config(args.grid, args.overrides), args.only)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(bench)
     t0 = time.perf_counter()
-    summary = run_bench(bench, run_dir, shard=shard, log=None if args.quiet else print, progress=not args.quiet)
+    summary = run_bench(bench, run_dir, shard=shard, log=None if args.quiet else print, progress=not args.quiet,
+                        stop_by=stop_by)
     print(f"{bench.name}: {summary.ran} cells measured, {summary.skipped} already stored, "
           f"{summary.in_shard} in shard {shard[0]}/{shard[1]} of {summary.total} ({time.perf_counter() - t0:.0f}s); "
           f"store {run_dir / 'results.sqlite'}; tables: testtime report {run_dir}")
+    if summary.left:
+        print(f"stopped by --stop-by {args.stop_by}: {summary.left} cells left; the same command resumes")
     return 0
+
+
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?")
+
+
+def parse_stop_by(text: str, now: float | None = None) -> float:
+    """``--stop-by``: seconds since the epoch of 'YYYY-MM-DD HH:MM' (UTC), of the next 'HH:MM' (UTC), or of
+    now plus a duration ('90m', '2h', '2h30m'). A time already passed is refused."""
+    now = time.time() if now is None else now
+    text = str(text).strip()
+    usage = f"--stop-by: expected 'YYYY-MM-DD HH:MM' or 'HH:MM' (UTC) or a duration like 90m or 2h30m; got {text!r}"
+    duration = _DURATION.fullmatch(text)
+    if duration and any(duration.groups()):
+        hours, minutes = (int(g or 0) for g in duration.groups())
+        if hours * 60 + minutes == 0:
+            raise UserError(f"--stop-by: the duration must be more than 0 minutes; got {text!r}")
+        return now + 3600 * hours + 60 * minutes
+    for fmt in ("%Y-%m-%d %H:%M", "%H:%M"):
+        try:
+            parsed = time.strptime(text, fmt)
+        except ValueError:
+            continue
+        if fmt == "%H:%M":
+            today = time.gmtime(now)
+            at = calendar.timegm((today.tm_year, today.tm_mon, today.tm_mday, parsed.tm_hour, parsed.tm_min, 0))
+            return at if at > now else at + 86400
+        at = calendar.timegm(parsed)
+        if at <= now:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(now))
+            raise UserError(f"--stop-by: {text} UTC has passed (now {stamp} UTC)")
+        return at
+    raise UserError(usage)
 
 
 def only_methods(bench: Any, only: str | None) -> Any:
@@ -162,6 +205,8 @@ def run_flags(args: argparse.Namespace) -> int:
         raise UserError("--shard: only with a bench CONFIG (testtime bench CONFIG.yaml --shard I/N)")
     if args.only is not None:
         raise UserError("--only: only with a bench CONFIG (testtime bench CONFIG.yaml --only tent,bn)")
+    if args.stop_by is not None:
+        raise UserError("--stop-by: only with a bench CONFIG (testtime bench CONFIG.yaml --stop-by 2h)")
     args.methods = args.methods if args.methods is not None else "source,bn,tent,eata,sar,cotta,memo,ttt,ttt++"
     args.order = args.order or "method"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -6,6 +6,9 @@ as it is measured (one transaction per cell). So:
 
 - **resume**: a run killed after k cells keeps those k rows; running the same grid again evaluates
   only the rest, and ends with exactly the cells of an uninterrupted run;
+- **a deadline**: ``stop_by`` (seconds since the epoch) starts no cell expected to end after it
+  (expected: the mean wall time of the cells run so far in this call; the first cell starts if the
+  deadline has not passed), so a stop at a session's or an allocation's end loses no cell half-run;
 - **shards**: independent jobs ``--shard 0/n`` ... ``--shard n-1/n`` split the grid with no overlap;
   they may share one store file (SQLite serialises their writes) or write their own stores, joined
   with :meth:`ResultStore.merge_from`.
@@ -45,6 +48,7 @@ class GridSummary:
     in_shard: int  # cells of this shard
     skipped: int  # of those, already in the store
     ran: int  # evaluated and stored now
+    left: int = 0  # of this shard's cells, not run because of ``stop_by``
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -81,6 +85,8 @@ def run_grid(
     log_path: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    stop_by: float | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> GridSummary:
     """Evaluate this shard's missing cells with ``evaluate_cell`` and store each result at once.
 
@@ -93,7 +99,10 @@ def run_grid(
     the cell; passes per image only the caller can count), ``device`` (where it was measured,
     :func:`testtime.train.checkpoint.device_description`) and ``curve`` (accuracy after
     0..K iterations, stored in the curves table). ``log_path`` defaults to ``grid.log`` beside the
-    store. All cells are checked (fields, duplicate keys) before any is evaluated.
+    store. All cells are checked (fields, duplicate keys) before any is evaluated. ``stop_by``: a
+    deadline on ``clock`` (seconds since the epoch): no cell starts when ``clock()`` plus the mean
+    wall time of the cells run so far in this call passes it; the summary's ``left`` counts the
+    cells not run, which the same call runs later.
     """
     check_shard(shard)
     keys = [cell_key(c) for c in cells]  # validates every cell before any work
@@ -121,13 +130,20 @@ def run_grid(
         f"{len(todo)} to run")
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"grid {tag}", unit="cell")
     ran = 0
+    walls: list[float] = []
     try:
         for pos, idx in enumerate(todo, 1):
             cell = cells[idx]
             desc = describe_cell(cell)
+            expected = sum(walls) / len(walls) if walls else 0.0
+            if stop_by is not None and clock() + expected > stop_by:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stop_by))
+                say(f"stopped before cell {pos}/{len(todo)} (#{idx}): expected to end after {when} "
+                    f"(about {expected:.0f}s a cell); {len(todo) - pos + 1} left, the same command resumes")
+                break
             bar.set_postfix_str(desc)
             say(f"cell {pos}/{len(todo)} (#{idx}) start: {desc}")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), clock()
             cuda = _reset_cuda_peak()
             try:
                 result = dict(evaluate_cell(cell))
@@ -137,13 +153,15 @@ def run_grid(
             if cuda is not None and result.get("peak_mem_mb") is None:
                 result["peak_mem_mb"] = cuda.max_memory_allocated() / 2**20
             _store_result(store, cell, result, time.perf_counter() - t0)
+            walls.append(clock() - c0)
             ran += 1
             bar.update(1)
             say(f"cell #{idx} done: {desc}: accuracy {result['accuracy']:.2f}% in {time.perf_counter() - t0:.1f}s")
     finally:
         bar.close()
-    say(f"finished: ran {ran}, {len(mine) - len(todo)} were stored already")
-    return GridSummary(total=len(cells), in_shard=len(mine), skipped=len(mine) - len(todo), ran=ran)
+    left = len(todo) - ran
+    say(f"finished: ran {ran}, {len(mine) - len(todo)} were stored already" + (f", {left} left" if left else ""))
+    return GridSummary(total=len(cells), in_shard=len(mine), skipped=len(mine) - len(todo), ran=ran, left=left)
 
 
 def _reset_cuda_peak():
