@@ -185,3 +185,17 @@ def test_stop_by_starts_no_cell_expected_to_end_after_it_and_the_rerun_completes
     s = run_grid(cells, evaluate, store, progress=False)
     assert (s.skipped, s.ran, s.left) == (4, 14, 0)
     assert snapshot(store) == snapshot(ref)
+
+
+def test_stop_by_expects_the_stored_cost_of_a_cells_label_before_its_first_cell_here(tmp_path):
+    """A resumed run knows what a cell of its label cost before: with 200 s left and bn's stored cells at
+    300 s each, no bn cell starts (a kill at the deadline would lose it half-run)."""
+    cells = grid()
+    store = ResultStore.open(tmp_path / "run", create=True)
+    run_grid(cells[:2], lambda c: {**evaluate(c), "wall_s": 300.0}, store, progress=False)  # two bn cells
+    now = 1_000_000.0
+    s = run_grid(cells, evaluate, store, progress=False, stop_by=now + 200, clock=lambda: now)
+    assert (s.skipped, s.ran, s.left) == (2, 0, 16)
+    assert "about 300s a cell" in (tmp_path / "run" / "grid.log").read_text()
+    s = run_grid(cells, evaluate, store, progress=False, stop_by=now + 400, clock=lambda: now)  # 300 s fit
+    assert (s.ran, s.left) == (16, 0)

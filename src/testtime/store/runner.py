@@ -7,8 +7,9 @@ as it is measured (one transaction per cell). So:
 - **resume**: a run killed after k cells keeps those k rows; running the same grid again evaluates
   only the rest, and ends with exactly the cells of an uninterrupted run;
 - **a deadline**: ``stop_by`` (seconds since the epoch) starts no cell expected to end after it
-  (expected: the mean wall time of the cells run so far in this call; the first cell starts if the
-  deadline has not passed), so a stop at a session's or an allocation's end loses no cell half-run;
+  (expected: the mean wall time of the cells of its label, stored or run in this call, else of all
+  cells run in this call, else 0), so a stop at a session's or an allocation's end loses no cell
+  half-run;
 - **shards**: independent jobs ``--shard 0/n`` ... ``--shard n-1/n`` split the grid with no overlap;
   they may share one store file (SQLite serialises their writes) or write their own stores, joined
   with :meth:`ResultStore.merge_from`.
@@ -72,8 +73,7 @@ def check_shard(shard: tuple[int, int]) -> None:
 
 def describe_cell(cell: Mapping[str, Any]) -> str:
     hp = " ".join(f"{k}={v}" for k, v in sorted((cell.get("hparams") or {}).items()))
-    label = cell.get("label") or cell["method"]
-    return f"{label} {cell['corruption']} s{cell['severity']} seed {cell['seed']}" + (f" [{hp}]" if hp else "")
+    return f"{_label(cell)} {cell['corruption']} s{cell['severity']} seed {cell['seed']}" + (f" [{hp}]" if hp else "")
 
 
 def run_grid(
@@ -100,9 +100,10 @@ def run_grid(
     :func:`testtime.train.checkpoint.device_description`) and ``curve`` (accuracy after
     0..K iterations, stored in the curves table). ``log_path`` defaults to ``grid.log`` beside the
     store. All cells are checked (fields, duplicate keys) before any is evaluated. ``stop_by``: a
-    deadline on ``clock`` (seconds since the epoch): no cell starts when ``clock()`` plus the mean
-    wall time of the cells run so far in this call passes it; the summary's ``left`` counts the
-    cells not run, which the same call runs later.
+    deadline on ``clock`` (seconds since the epoch): no cell starts when ``clock()`` plus its expected
+    wall time passes it (the mean ``wall_s`` of the stored cells of its label and of those run in
+    this call, else the mean of all cells run in this call, else 0); the summary's ``left`` counts
+    the cells not run, which the same call runs later.
     """
     check_shard(shard)
     keys = [cell_key(c) for c in cells]  # validates every cell before any work
@@ -130,12 +131,14 @@ def run_grid(
         f"{len(todo)} to run")
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, desc=f"grid {tag}", unit="cell")
     ran = 0
-    walls: list[float] = []
+    walls: list[float] = []  # of the cells run in this call
+    by_label = _stored_walls(store) if stop_by is not None else {}
     try:
         for pos, idx in enumerate(todo, 1):
             cell = cells[idx]
             desc = describe_cell(cell)
-            expected = sum(walls) / len(walls) if walls else 0.0
+            known = by_label.get(_label(cell)) or walls
+            expected = sum(known) / len(known) if known else 0.0
             if stop_by is not None and clock() + expected > stop_by:
                 when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stop_by))
                 say(f"stopped before cell {pos}/{len(todo)} (#{idx}): expected to end after {when} "
@@ -154,6 +157,7 @@ def run_grid(
                 result["peak_mem_mb"] = cuda.max_memory_allocated() / 2**20
             _store_result(store, cell, result, time.perf_counter() - t0)
             walls.append(clock() - c0)
+            by_label.setdefault(_label(cell), []).append(walls[-1])
             ran += 1
             bar.update(1)
             say(f"cell #{idx} done: {desc}: accuracy {result['accuracy']:.2f}% in {time.perf_counter() - t0:.1f}s")
@@ -162,6 +166,19 @@ def run_grid(
     left = len(todo) - ran
     say(f"finished: ran {ran}, {len(mine) - len(todo)} were stored already" + (f", {left} left" if left else ""))
     return GridSummary(total=len(cells), in_shard=len(mine), skipped=len(mine) - len(todo), ran=ran, left=left)
+
+
+def _label(cell: Mapping[str, Any]) -> str:
+    return cell.get("label") or cell["method"]
+
+
+def _stored_walls(store: ResultStore) -> dict[str, list[float]]:
+    """The stored cells' wall times by label: the expected cost of the next cell of that label."""
+    out: dict[str, list[float]] = {}
+    for row in store.cells():
+        if row.get("wall_s"):
+            out.setdefault(_label(row), []).append(float(row["wall_s"]))
+    return out
 
 
 def _reset_cuda_peak():
