@@ -171,3 +171,18 @@ def test_report_only_and_seeds_slice_the_cells(tmp_path, capsys):
     assert main(["report", str(run), "--no-plots", "--out", str(tmp_path / "r2"), "--only", "cta",
                  "--pair", "cta,tent"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r2").exists()
+
+
+def test_report_default_reference_only_when_held(tmp_path):
+    """The Δ row's default reference is ``cta`` when the (sliced) results hold it; a report without any
+    cta cell gets neither a Δ row nor a note per table that the column is missing; an explicit --ref does."""
+    run = run_dir_with_store(tmp_path)
+    out = tmp_path / "r"
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--severities", "5"]) == 0
+    assert "| Δ (cta − other) |" in (out / "report.md").read_text()
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--only", "source,tent"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| corruption | source | tent |" in md and "Δ (" not in md and "reference column" not in md
+    assert main(["report", str(run), "--no-plots", "--quiet", "--out", str(out), "--only", "source,tent",
+                 "--ref", "cta"]) == 0
+    assert "reference column 'cta' is not in this table: no Δ row" in (out / "report.md").read_text()

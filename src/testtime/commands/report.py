@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from testtime.cli import UserError
 from testtime.commands import plain
@@ -42,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (results.sqlite, results.json, bench-*.json)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
-    p.add_argument("--ref", default="cta", help="reference column of the Δ (ours − other) row (default: cta)")
+    p.add_argument("--ref", help="reference column of the Δ (ours − other) row (default: cta, when the results "
+                   "hold it; a table without the reference column gets a note)")
     p.add_argument("--latex", action="store_true", help="also write LaTeX tables (booktabs)")
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     p.add_argument("--pair", action="append", default=[], metavar="A,B",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from testtime.report.against import against
     from testtime.report.paired import parse_pair
 
-    if not args.ref.strip():
+    if args.ref is not None and not args.ref.strip():
         raise UserError("--ref: give a column name, e.g. cta")
     try:
         pairs = [parse_pair(p) for p in args.pair]
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     with load_run(run_dir) as full, (_slice(full, keep, args) if keep else nullcontext(full)) as store:
         try:
             compared = against(store, other, args.against, only) if other is not None else []
-            files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=args.ref,
+            reference = args.ref or default_reference(store)
+            files = write_report(store, Path(args.out) if args.out else run_dir / "report", reference=reference,
                                  latex=args.latex, plots=not args.no_plots, title=f"Results of {run_dir}",
                                  pairs=pairs, compared=compared)
         except ValueError as e:
@@ -116,3 +119,9 @@ def _slice(store, keep, args: argparse.Namespace):
     sliced = ResultStore.memory()
     sliced.add_rows(store.rows(keep))
     return sliced
+
+
+def default_reference(store: Any) -> str | None:
+    """``cta`` when some cell of ``store`` has that label, else None: no Δ row, and no note in every
+    table that it lacks the column (a report of baselines only, or one sliced with ``--only``)."""
+    return "cta" if "cta" in store.distinct("label") else None
