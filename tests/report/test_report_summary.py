@@ -142,3 +142,15 @@ def test_a_row_on_fewer_corruptions_is_not_bolded_as_best():
     rows = md_rows(summary_markdown(s))
     assert rows[1][0] == "partial" and rows[1][7] == "95.00 ± 0.00"  # sorted first, not bold
     assert [r[0] for r in rows if r[7].startswith("**")] == ["cta"]  # the best of the rows on both corruptions
+
+
+def test_selection_text_lists_numeric_candidates_by_value():
+    """Stored candidate keys are JSON text, so a sorted store lists lr=0.0001 before lr=1e-05: the summary lists
+    them by value; candidates that are not all numbers keep their stored order."""
+    cands = [{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}, {"lr": 1e-5}]  # the text order of the keys
+    means = {canonical_json(c): m for c, m in zip(cands, (78.45, 76.65, 26.65, 78.30))}
+    text = selection_text({"on": ["fog"], "means": means, "chosen": {"lr": 1e-4}})
+    assert text.endswith("of [lr=1e-05: 78.30, lr=0.0001: 78.45, lr=0.001: 76.65, lr=0.01: 26.65]")
+    mixed = [{"bn": "source"}, {"bn": "batch"}]
+    means = {canonical_json(c): 50.0 for c in mixed}
+    assert "of [bn=source: 50.00, bn=batch: 50.00]" in selection_text({"means": means, "chosen": {"bn": "source"}})

@@ -71,21 +71,35 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
 
+def _numeric_order(cands: list[Any]) -> list[int] | None:
+    """Indices that list candidates with the same numeric fields by value (field by field, in name
+    order); None when they are not all such (then the stored order is kept)."""
+    if not cands or not all(isinstance(c, dict) for c in cands):
+        return None
+    keys = sorted(cands[0])
+    numeric = all(sorted(c) == keys and all(isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
+                                            for k in keys) for c in cands)
+    return sorted(range(len(cands)), key=lambda i: tuple(cands[i][k] for k in keys)) if numeric else None
+
+
 def selection_text(record: dict[str, Any] | None) -> str:
     """``held-out on fog, snow: lr=0.001 of [lr=0.0001: 55.10, lr=0.001: 61.20]``, or ``defaults``; a choice at
     the edge of 3 or more candidates (:func:`edge_params`) ends with ``; lr=0.01 at the edge of its candidates``."""
     if not record:
         return "defaults"
-    means, cands = [], []
+    items = []
     for key, m in (record.get("means") or {}).items():
         try:
             cand = json.loads(key)
             text = hparams_text(cand)
         except (TypeError, ValueError, AttributeError):
             cand, text = None, str(key)
-        if isinstance(cand, dict):
-            cands.append(cand)
-        means.append(f"{text}: {float(m):.2f}")
+        items.append((cand, f"{text}: {float(m):.2f}"))
+    order = _numeric_order([c for c, _ in items])
+    if order is not None:  # the stored keys are JSON text (sorted as text: 0.0001 before 1e-05); list by value
+        items = [items[i] for i in order]
+    cands = [c for c, _ in items if isinstance(c, dict)]
+    means = [t for _, t in items]
     on = record.get("on")
     where = f" on {', '.join(map(str, on))}" if on else ""
     chosen = record.get("chosen") or {}
