@@ -77,8 +77,7 @@ def _numeric_order(cands: list[Any]) -> list[int] | None:
     if not cands or not all(isinstance(c, dict) for c in cands):
         return None
     keys = sorted(cands[0])
-    numeric = all(sorted(c) == keys and all(isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
-                                            for k in keys) for c in cands)
+    numeric = all(sorted(c) == keys and all(_number(c[k]) for k in keys) for c in cands)
     return sorted(range(len(cands)), key=lambda i: tuple(cands[i][k] for k in keys)) if numeric else None
 
 
